@@ -1,0 +1,1 @@
+"""pcavs-jax: PC-AVS talking-face generation in JAX/Flax."""

@@ -1,0 +1,1 @@
+"""PC-AVS networks (flax.linen, NHWC)."""
