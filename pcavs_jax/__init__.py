@@ -1,1 +1,5 @@
 """pcavs-jax: PC-AVS talking-face generation in JAX/Flax."""
+from pcavs_jax.checkpoint import load_checkpoint
+
+__all__ = ["load_checkpoint"]
+__version__ = "0.1.0"

@@ -1,0 +1,105 @@
+"""Model checkpoints: the exported form (Orbax variables + config) and `load_checkpoint`.
+
+An exported checkpoint is a folder:
+  config.json       the `config.model` the variables belong to, and where they came from;
+  variables/        Orbax StandardSave of {'params', 'batch_stats'} of `PCAVS`;
+  discriminator/    the same for D (optional).
+`load_checkpoint` also reads a folder of official `.pth` files (converting on the fly) and a
+training workdir (its latest Orbax checkpoint).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+CONFIG_FILE = "config.json"
+
+
+def _checkpointer():
+  import orbax.checkpoint as ocp  # deferred: orbax pulls in a lot
+  return ocp.StandardCheckpointer()
+
+
+def save_export(out_dir: str | os.PathLike, variables: dict, model_config,
+                d_variables: dict | None = None, source: str = "") -> pathlib.Path:
+  """Writes an exported checkpoint; refuses to overwrite a non-empty folder."""
+  out = pathlib.Path(out_dir).absolute()
+  if out.exists() and any(out.iterdir()):
+    raise FileExistsError(f"checkpoint output folder {out} exists and is not empty")
+  out.mkdir(parents=True, exist_ok=True)
+  ckpt = _checkpointer()
+  ckpt.save(out / "variables", jax.tree.map(np.asarray, variables))
+  if d_variables is not None:
+    ckpt.save(out / "discriminator", jax.tree.map(np.asarray, d_variables))
+  ckpt.wait_until_finished()
+  meta = {"model": model_config.to_dict(), "source": source, "format": "pcavs-jax export v1"}
+  (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+  return out
+
+
+def _restore(path: pathlib.Path, abstract: Any) -> Any:
+  return _checkpointer().restore(path, jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract))
+
+
+def _abstract(model, model_config) -> dict:
+  r = model_config.resolution
+  image = np.zeros((1, r, r, 3), np.float32)
+  return jax.eval_shape(model.init, {"params": jax.random.key(0)}, image,
+                        np.zeros((1, 80, 20), np.float32), image)
+
+
+def load_export(path: str | os.PathLike, with_discriminator: bool = False):
+  """Reads an exported checkpoint: (model, variables[, discriminator, d_variables])."""
+  from pcavs_jax.models.pcavs import build_discriminator, build_model
+  path = pathlib.Path(path).absolute()
+  meta = json.loads((path / CONFIG_FILE).read_text())
+  model_config = ml_collections.ConfigDict(meta["model"])
+  model = build_model(model_config)
+  variables = _restore(path / "variables", _abstract(model, model_config))
+  if not with_discriminator:
+    return model, variables
+  disc = build_discriminator(model_config)
+  if not (path / "discriminator").exists():
+    raise FileNotFoundError(f"{path} holds no discriminator")
+  r = model_config.resolution
+  d_abstract = jax.eval_shape(disc.init, jax.random.key(0), np.zeros((1, r, r, 3), np.float32))
+  return model, variables, disc, _restore(path / "discriminator", d_abstract)
+
+
+def load_checkpoint(path: str | os.PathLike, model_config=None):
+  """Loads PC-AVS for inference from any checkpoint form the project knows.
+
+  Args:
+    path: a folder of official `<epoch>_net_*.pth` files, an exported checkpoint (config.json +
+      variables/), or a training workdir.
+    model_config: the `config.model` of official files (default: the official configuration).
+
+  Returns:
+    (model, variables): call `model.apply(variables, ..., method=model.infer)`.
+
+  Raises:
+    FileNotFoundError: nothing loadable at `path`.
+  """
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"checkpoint not found: {path}")
+  if (path / CONFIG_FILE).exists():
+    return load_export(path)
+  if path.is_dir() and any(path.glob("*_net_G.pth")):
+    from configs.default import model_config as official_model_config
+    from pcavs_jax.convert.official import convert_official
+    from pcavs_jax.models.pcavs import build_model
+    model_config = model_config or official_model_config()
+    variables, _, report = convert_official(path, model_config)
+    if not report.ok:
+      raise ValueError(f"official checkpoint {path} does not match the model:\n{report.summary()}")
+    return build_model(model_config), variables
+  raise FileNotFoundError(f"{path}: neither an exported checkpoint ({CONFIG_FILE} + variables/) "
+                          "nor a folder of official '<epoch>_net_G.pth' files")

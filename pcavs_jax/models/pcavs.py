@@ -1,0 +1,184 @@
+"""The composed PC-AVS model: identity, non-identity and audio encoders feeding the generator.
+
+Methods are named after the paper's operations, so callers read like the method:
+
+  identity = model.apply(v, references, method=model.encode_identity)     # once per video
+  out = model.apply(v, identity, mel, pose_frames, method=model.drive)    # per frame batch
+  out = model.apply(v, reference, mel, pose, method=model.infer)          # both at once
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from pcavs_jax.models.encoders import AudioEncoder, IdentityEncoder, NonIdentityEncoder, scaled_channels
+from pcavs_jax.models.generator import Generator, generator_channels, start_size
+
+Array = Any
+
+
+def identity_dim(width: float) -> int:
+  """Length of the identity vector: ResNeXt-50's layer4 width (2048 at width 1)."""
+  return 4 * scaled_channels(512, width)
+
+
+class PCAVS(nn.Module):
+  """PC-AVS: E_i, E_n (+ mouth / head-pose mappers), E_a and the modulated-conv generator G.
+
+  Attributes:
+    resolution: square frame size (224 official).
+    width: channel multiplier shared by every network (1.0 official).
+    pose_dim: size of the implicit pose code (12 official).
+    mouth_dim: size of the mouth embedding that enters the style (500 official).
+    feature_dim: E_n / E_a feature size (512 official).
+    num_classes: identity classes of the classifiers.
+    clip_len: frames per training clip (sizes of the clip-level classifiers).
+    audio_mouth_weight: audio mouth features are scaled by this at inference (1.2 official).
+    dtype: compute dtype; parameters stay float32.
+    bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training.
+  """
+  resolution: int = 224
+  width: float = 1.0
+  pose_dim: int = 12
+  mouth_dim: int = 500
+  feature_dim: int = 512
+  num_classes: int = 5830
+  clip_len: int = 1
+  audio_mouth_weight: float = 1.2
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+
+  def setup(self):
+    size = start_size(self.resolution)
+    self.identity_encoder = IdentityEncoder(
+        width=self.width, num_classes=self.num_classes, map_size=size,
+        map_channels=generator_channels(self.resolution, self.width)[0][1],
+        dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+    self.nonidentity_encoder = NonIdentityEncoder(
+        width=self.width, feature_dim=self.feature_dim, mouth_dim=self.mouth_dim,
+        pose_dim=self.pose_dim, num_classes=self.num_classes, clip_len=self.clip_len,
+        resolution=self.resolution, dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+    self.audio_encoder = AudioEncoder(
+        width=self.width, feature_dim=self.feature_dim, num_classes=self.num_classes,
+        dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+    self.generator = Generator(
+        resolution=self.resolution, width=self.width,
+        style_dim=identity_dim(self.width) + self.mouth_dim + self.pose_dim, dtype=self.dtype)
+
+  def encode_identity(self, references: Array, train: bool = False) -> dict[str, Array]:
+    """Identity vector and map of one or several reference images per item.
+
+    Args:
+      references: (B, H, W, 3), or (B, N, H, W, 3) for N references averaged per item.
+      train: BatchNorm in training mode.
+
+    Returns:
+      id_vector (B, 2048w), id_map (B, s, s, C) at the generator's start size, class_scores.
+    """
+    if references.ndim == 4:
+      references = references[:, None]
+    b, n = references.shape[:2]
+    out = self.identity_encoder(references.reshape((b * n,) + references.shape[2:]), train=train)
+    return {k: v.reshape((b, n) + v.shape[1:]).mean(axis=1) for k, v in out.items()}
+
+  def encode_nonidentity(self, frames: Array, train: bool = False) -> dict[str, Array]:
+    """E_n of pose-source frames: feature, mouth, headpose, mouth_embed and pose_code."""
+    return self.nonidentity_encoder(frames, train=train)
+
+  def encode_audio(self, mel: Array, train: bool = False) -> dict[str, Array]:
+    """E_a of (B, 80, 20) mel windows: the audio mouth feature and its mouth embedding."""
+    feature = self.audio_encoder(mel, train=train)
+    return {"mouth": feature, "mouth_embed": self.nonidentity_encoder.embed_mouth(feature)}
+
+  def embed_mouth(self, mouth_feature: Array) -> Array:
+    return self.nonidentity_encoder.embed_mouth(mouth_feature)
+
+  def merge(self, id_vector: Array, mouth_embed: Array, pose_code: Array) -> Array:
+    """The generator's style: concat(identity vector, mouth embedding, pose code)."""
+    return jnp.concatenate([id_vector, mouth_embed, pose_code], axis=-1)
+
+  def generate(self, style: Array, id_map: Array, train: bool = False) -> Array:
+    return self.generator(style, id_map, train=train)
+
+  def drive(self, identity: dict[str, Array], mel: Array, pose: Array | None,
+            train: bool = False) -> Array:
+    """Frames of an encoded identity with the mouth of `mel` and the pose of `pose`.
+
+    Args:
+      identity: `encode_identity` output (id_vector, id_map); broadcast over the batch if its
+        batch is 1.
+      mel: (B, 80, 20) mel windows; the audio mouth feature is scaled by audio_mouth_weight.
+      pose: (B, H, W, 3) pose-source frames, or a (B, pose_dim) pose code.
+
+    Returns:
+      (B, H, W, 3) frames in [-1, 1].
+    """
+    audio_mouth = self.audio_encoder(mel, train=train) * self.audio_mouth_weight
+    mouth_embed = self.nonidentity_encoder.embed_mouth(audio_mouth)
+    pose_code = pose if pose.ndim == 2 else self.nonidentity_encoder(pose, train=train)["pose_code"]
+    b = mel.shape[0]
+    id_vector = jnp.broadcast_to(identity["id_vector"], (b,) + identity["id_vector"].shape[1:])
+    id_map = jnp.broadcast_to(identity["id_map"], (b,) + identity["id_map"].shape[1:])
+    return self.generate(self.merge(id_vector, mouth_embed, pose_code), id_map, train=train)
+
+  def infer(self, reference: Array, mel: Array, pose: Array, with_reference_pose: bool = False,
+            train: bool = False) -> dict[str, Array]:
+    """The official inference: identity from `reference`, mouth from `mel`, pose from `pose`.
+
+    Args:
+      reference: (B, H, W, 3) or (B, N, H, W, 3) reference images in [-1, 1].
+      mel: (B, 80, 20) mel windows in [0, 1].
+      pose: (B, H, W, 3) pose-source frames in [-1, 1].
+      with_reference_pose: also draw the frame with the reference's own pose (a second
+        generator pass), as the official demo does.
+
+    Returns:
+      {"driven": (B, H, W, 3)} and, when asked, "reference_pose".
+    """
+    identity = self.encode_identity(reference, train=train)
+    out = {"driven": self.drive(identity, mel, pose, train=train)}
+    if with_reference_pose:
+      first = reference if reference.ndim == 4 else reference[:, 0]
+      out["reference_pose"] = self.drive(identity, mel, first, train=train)
+    return out
+
+  def __call__(self, reference: Array, mel: Array, pose_source: Array,
+               train: bool = False) -> dict[str, Array]:
+    """One training forward: every feature the losses read, and the reconstruction.
+
+    The mouth of the reconstruction comes from the pose-source frame's visual mouth feature,
+    as in the official training (the audio side is pulled to it by the sync loss).
+    """
+    identity = self.encode_identity(reference, train=train)
+    visual = self.encode_nonidentity(pose_source, train=train)
+    audio = self.encode_audio(mel, train=train)
+    style = self.merge(identity["id_vector"], visual["mouth_embed"], visual["pose_code"])
+    return {
+        "identity": identity,
+        "visual": visual,
+        "audio": audio,
+        "fake": self.generate(style, identity["id_map"], train=train),
+        "visual_class_scores": self.nonidentity_encoder.classify(visual["feature"]),
+        "mouth_class_scores": self.nonidentity_encoder.classify_mouth(visual["mouth"]),
+        "audio_class_scores": self.audio_encoder.classify(audio["mouth"]),
+        "pose_class_scores": self.nonidentity_encoder.classify_pose(visual["pose_code"]),
+    }
+
+
+def build_model(model_config) -> PCAVS:
+  """PCAVS from a `config.model` ConfigDict (see configs/default.py)."""
+  c = dict(model_config)
+  for key in ("d_scales", "d_layers", "d_channels"):
+    c.pop(key, None)
+  c["dtype"] = jnp.dtype(c.get("dtype", "float32"))
+  return PCAVS(**c)
+
+
+def build_discriminator(model_config):
+  """The multiscale PatchGAN D from a `config.model` ConfigDict."""
+  from pcavs_jax.models.discriminator import MultiscaleDiscriminator
+  return MultiscaleDiscriminator(num_scales=model_config.d_scales, num_layers=model_config.d_layers,
+                                 base_channels=model_config.d_channels,
+                                 dtype=jnp.dtype(model_config.get("dtype", "float32")))
