@@ -146,23 +146,35 @@ class PCAVS(nn.Module):
 
   def __call__(self, reference: Array, mel: Array, pose_source: Array,
                train: bool = False) -> dict[str, Array]:
-    """One training forward: every feature the losses read, and the reconstruction.
+    """One training forward: every feature the losses read, and both reconstructions.
 
-    The mouth of the reconstruction comes from the pose-source frame's visual mouth feature,
-    as in the official training (the audio side is pulled to it by the sync loss).
+    As in the official training, the pose-source frame (the augmented target) gives the pose
+    code, and the mouth comes once from its visual mouth feature (`fake_visual`) and once from
+    the audio (`fake_audio`); both go through one generator call as one batch.
+
+    Args:
+      reference: (B, H, W, 3) or (B, N, H, W, 3) reference frames of the target's identity.
+      mel: (B, 80, 20) mel windows centred on the targets.
+      pose_source: (B, H, W, 3) augmented targets.
+      train: BatchNorm / dropout in training mode.
     """
     identity = self.encode_identity(reference, train=train)
     visual = self.encode_nonidentity(pose_source, train=train)
     audio = self.encode_audio(mel, train=train)
-    style = self.merge(identity["id_vector"], visual["mouth_embed"], visual["pose_code"])
+    b = mel.shape[0]
+    style = jnp.concatenate([
+        self.merge(identity["id_vector"], visual["mouth_embed"], visual["pose_code"]),
+        self.merge(identity["id_vector"], audio["mouth_embed"], visual["pose_code"])])
+    fakes = self.generate(style, jnp.concatenate([identity["id_map"]] * 2), train=train)
     return {
         "identity": identity,
         "visual": visual,
         "audio": audio,
-        "fake": self.generate(style, identity["id_map"], train=train),
+        "fake_visual": fakes[:b],
+        "fake_audio": fakes[b:],
+        "audio_class_scores": self.audio_encoder.classify(audio["mouth"]),
         "visual_class_scores": self.nonidentity_encoder.classify(visual["feature"]),
         "mouth_class_scores": self.nonidentity_encoder.classify_mouth(visual["mouth"]),
-        "audio_class_scores": self.audio_encoder.classify(audio["mouth"]),
         "pose_class_scores": self.nonidentity_encoder.classify_pose(visual["pose_code"]),
     }
 
