@@ -1,0 +1,288 @@
+"""The GAN train state of PC-AVS and its optimisers (TTUR Adam, linear decay, per-stage freezing).
+
+Defaults (`train_config()`, placed by the configs as `config.train`):
+  lr 1e-3; Adam beta1 0, beta2 0.9 (TTUR: generator side lr / 2 with AMSGrad in torch's form,
+  see `scale_by_torch_amsgrad`; discriminator lr x 2);
+  the rate stays constant until `decay_start_step`, then falls linearly to
+  `lr x final_lr_fraction` at `decay_end_step` (no decay when decay_end_step <= decay_start_step);
+  stage 'full'.
+
+Stages and what they train (`STAGE_TRAINABLE`):
+  'identity': E_i only (identity classification pretraining); D frozen.
+  'sync': E_a (all of it) and E_n's `to_mouth` mapper; D frozen. As in the official code, E_n's
+    trunk stays frozen (it runs under no_grad in the official sync stage and its parameters are
+    left out of the optimiser) and so do `mouth_embed` and the pose heads, which the contrastive
+    sync loss does not reach. The trainer should run the trunk under `stop_gradient`.
+  'full': every G-side network (E_i, E_n, E_a, G) and D.
+Frozen parameters go through `optax.set_to_zero()` inside `optax.multi_transform`: their updates
+are exactly zero and they carry no optimiser state.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+PyTree = Any
+GNetworks = ("identity_encoder", "nonidentity_encoder", "audio_encoder", "generator")
+STAGES = ("identity", "sync", "full")
+
+# Per stage: the G-side parameter paths that train. A path is (network, *names): the network is
+# the top-level key of g_params, the names must appear as a contiguous run of keys below it
+# (e.g. ('nonidentity_encoder', 'to_mouth') matches ('nonidentity_encoder', 'to_mouth', 'Dense_0',
+# 'kernel')). None trains everything.
+STAGE_TRAINABLE: dict[str, tuple[tuple[str, ...], ...] | None] = {
+    "identity": (("identity_encoder",),),
+    "sync": (("audio_encoder",), ("nonidentity_encoder", "to_mouth")),
+    "full": None,
+}
+STAGE_TRAINS_D = {"identity": False, "sync": False, "full": True}
+
+
+def train_config() -> ml_collections.ConfigDict:
+  """Default `config.train` fields read by this module."""
+  t = ml_collections.ConfigDict()
+  t.stage = "full"              # 'identity' | 'sync' | 'full'
+  t.lr = 1e-3
+  t.beta1 = 0.0
+  t.beta2 = 0.9
+  t.eps = 1e-8
+  t.ttur = True                 # G lr / 2, D lr x 2 (official unless --no_TTUR)
+  t.amsgrad = True              # G side (official: torch Adam(amsgrad=True))
+  t.amsgrad_form = "torch"      # 'torch': max of the raw 2nd moment, then bias-corrected (official)
+                                # 'optax': optax.amsgrad, max of the bias-corrected 2nd moment
+  t.decay_start_step = 100_000  # constant lr before this step
+  t.decay_end_step = 200_000    # lr x final_lr_fraction from here on
+  t.final_lr_fraction = 0.0
+  return t
+
+
+def _train_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Accepts the whole config (reads `config.train`) or the train ConfigDict itself."""
+  return config.train if "train" in config else config
+
+
+def learning_rate_schedules(config: ml_collections.ConfigDict) -> dict[str, optax.Schedule]:
+  """The generator and discriminator learning-rate schedules (step -> lr), for optimisers and logs.
+
+  Args:
+    config: the config (or its `train` part), see `train_config`.
+
+  Returns:
+    dict(generator=schedule, discriminator=schedule).
+  """
+  t = _train_fields(config)
+  g_lr, d_lr = (t.lr / 2, t.lr * 2) if t.ttur else (t.lr, t.lr)
+  start, end = int(t.decay_start_step), int(t.decay_end_step)
+
+  def schedule(lr: float) -> optax.Schedule:
+    if end <= start:
+      return optax.constant_schedule(lr)
+    return optax.linear_schedule(lr, lr * t.final_lr_fraction, end - start, transition_begin=start)
+
+  return {"generator": schedule(g_lr), "discriminator": schedule(d_lr)}
+
+
+def scale_by_torch_amsgrad(b1: float = 0.0, b2: float = 0.9,
+                           eps: float = 1e-8) -> optax.GradientTransformation:
+  """AMSGrad as torch's `Adam(amsgrad=True)` computes it (the official optimiser of the G side).
+
+  torch keeps the running maximum of the raw second moment and bias-corrects that maximum at each
+  step; `optax.scale_by_amsgrad` takes the maximum of the already bias-corrected moment, so one
+  large early gradient (where the correction is strong) caps its steps for the rest of training.
+  State: `optax.ScaleByAmsgradState(count, mu, nu, nu_max)`.
+  """
+  def init_fn(params):
+    zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+    return optax.ScaleByAmsgradState(count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros(),
+                                     nu_max=zeros())
+
+  def update_fn(updates, state, params=None):
+    del params
+    mu = jax.tree.map(lambda g, m: b1 * m + (1 - b1) * g, updates, state.mu)
+    nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * jnp.square(g), updates, state.nu)
+    nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
+    count = optax.safe_increment(state.count)
+    t = count.astype(jnp.float32)
+    bc1, bc2 = 1 - jnp.asarray(b1, jnp.float32) ** t, 1 - jnp.asarray(b2, jnp.float32) ** t
+    out = jax.tree.map(lambda m, v: (m / bc1) / (jnp.sqrt(v) / jnp.sqrt(bc2) + eps), mu, nu_max)
+    return out, optax.ScaleByAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _g_optimizer(t: ml_collections.ConfigDict, schedule: optax.Schedule
+                 ) -> optax.GradientTransformation:
+  if not t.amsgrad:
+    return optax.adam(schedule, b1=t.beta1, b2=t.beta2, eps=t.eps)
+  form = t.get("amsgrad_form", "torch")
+  if form == "optax":
+    return optax.amsgrad(schedule, b1=t.beta1, b2=t.beta2, eps=t.eps)
+  if form != "torch":
+    raise ValueError(f"amsgrad_form must be 'torch' or 'optax', got {form!r}")
+  return optax.chain(scale_by_torch_amsgrad(t.beta1, t.beta2, t.eps),
+                     optax.scale_by_learning_rate(schedule))
+
+
+def _path_names(path: tuple) -> tuple[str, ...]:
+  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _matches(names: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+  if not names or names[0] != pattern[0]:
+    return False
+  rest, want = names[1:], pattern[1:]
+  if not want:
+    return True
+  return any(rest[i:i + len(want)] == want for i in range(len(rest) - len(want) + 1))
+
+
+def trainable_mask(g_params: PyTree, patterns: Sequence[tuple[str, ...]] | None) -> PyTree:
+  """A tree like g_params of 'trainable' / 'frozen' labels, for `optax.multi_transform`."""
+  def label(path, _):
+    names = _path_names(path)
+    ok = patterns is None or any(_matches(names, p) for p in patterns)
+    return "trainable" if ok else "frozen"
+  return jax.tree_util.tree_map_with_path(label, g_params)
+
+
+def make_optimizers(config: ml_collections.ConfigDict, stage: str | None = None,
+                    trainable: Sequence[tuple[str, ...]] | None = None
+                    ) -> dict[str, optax.GradientTransformation]:
+  """The TTUR optimisers of one training stage.
+
+  Args:
+    config: the config (or its `train` part), see `train_config`.
+    stage: 'identity', 'sync' or 'full'; defaults to `config.train.stage`.
+    trainable: overrides the stage's G-side trainable paths (`STAGE_TRAINABLE` format).
+
+  Returns:
+    dict(generator=tx, discriminator=tx). The generator tx expects g_params keyed by network;
+    frozen sub-trees get zero updates. In stages that do not train D its tx is `set_to_zero`.
+  """
+  t = _train_fields(config)
+  stage = stage or t.stage
+  if stage not in STAGES:
+    raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+  schedules = learning_rate_schedules(t)
+  patterns = STAGE_TRAINABLE[stage] if trainable is None else tuple(map(tuple, trainable))
+
+  g_base = _g_optimizer(t, schedules["generator"])
+  if patterns is None:
+    g_tx = g_base
+  else:
+    g_tx = optax.multi_transform({"trainable": g_base, "frozen": optax.set_to_zero()},
+                                 lambda params: trainable_mask(params, patterns))
+
+  if STAGE_TRAINS_D[stage]:
+    d_tx = optax.adam(schedules["discriminator"], b1=t.beta1, b2=t.beta2, eps=t.eps)
+  else:
+    d_tx = optax.set_to_zero()
+  return {"generator": g_tx, "discriminator": d_tx}
+
+
+@flax.struct.dataclass
+class GANTrainState:
+  """Everything a PC-AVS train step reads and writes, as one pytree.
+
+  Attributes:
+    step: number of completed train steps (one D update then one G update each).
+    g_params: G-side params keyed by network: 'identity_encoder' (E_i), 'nonidentity_encoder'
+      (E_n), 'audio_encoder' (E_a), 'generator' (G).
+    d_params: the multiscale discriminator's params.
+    g_opt_state: optimiser state of g_tx.
+    d_opt_state: optimiser state of d_tx.
+    batch_stats: mutable collections, {'g': {network: batch_stats}, 'd': {...}} (BatchNorm
+      statistics on the G side, spectral-norm vectors on the D side).
+    rng: the base PRNG key; steps fold in the step and the device index.
+    g_tx: generator-side optimiser (static).
+    d_tx: discriminator optimiser (static).
+  """
+
+  step: jax.Array
+  g_params: PyTree
+  d_params: PyTree
+  g_opt_state: optax.OptState
+  d_opt_state: optax.OptState
+  batch_stats: PyTree
+  rng: jax.Array
+  g_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  d_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  def apply_d_gradients(self, grads: PyTree) -> "GANTrainState":
+    """Updates d_params and d_opt_state (the step counter is left to the caller)."""
+    updates, opt_state = self.d_tx.update(grads, self.d_opt_state, self.d_params)
+    return self.replace(d_params=optax.apply_updates(self.d_params, updates),
+                        d_opt_state=opt_state)
+
+  def apply_g_gradients(self, grads: PyTree) -> "GANTrainState":
+    """Updates g_params and g_opt_state (the step counter is left to the caller)."""
+    updates, opt_state = self.g_tx.update(grads, self.g_opt_state, self.g_params)
+    return self.replace(g_params=optax.apply_updates(self.g_params, updates),
+                        g_opt_state=opt_state)
+
+
+def _check_trainable_paths(g_params: Mapping, patterns: Sequence[tuple[str, ...]] | None) -> None:
+  """Raises when a trainable pattern names nothing: a silent match failure would freeze it all."""
+  if patterns is None:
+    return
+  leaves = [_path_names(p) for p, _ in jax.tree_util.tree_leaves_with_path(g_params)]
+  for pattern in patterns:
+    if not any(_matches(names, pattern) for names in leaves):
+      below = sorted(g_params.get(pattern[0], {})) if isinstance(g_params, Mapping) else []
+      raise ValueError(f"trainable path {pattern} matches no parameter; "
+                       f"{pattern[0]!r} holds {below or 'nothing'}")
+
+
+def create_train_state(g_params: Mapping[str, PyTree], d_params: PyTree,
+                       batch_stats: Mapping[str, PyTree] | None,
+                       config: ml_collections.ConfigDict, stage: str | None = None,
+                       rng: jax.Array | None = None,
+                       trainable: Sequence[tuple[str, ...]] | None = None) -> GANTrainState:
+  """Builds the optimisers of `stage` and a fresh `GANTrainState` at step 0.
+
+  Args:
+    g_params: {network: params} for some of 'identity_encoder', 'nonidentity_encoder',
+      'audio_encoder', 'generator'.
+    d_params: discriminator params.
+    batch_stats: {'g': ..., 'd': ...} (missing keys become {}), or None.
+    config: the config (or its `train` part).
+    stage: 'identity', 'sync' or 'full'; defaults to `config.train.stage`.
+    rng: base PRNG key; defaults to PRNGKey(0).
+    trainable: overrides the stage's G-side trainable paths.
+
+  Returns:
+    the state.
+  """
+  unknown = set(g_params) - set(GNetworks)
+  if unknown or not g_params:
+    raise ValueError(f"g_params must be keyed by networks {GNetworks}; got {sorted(g_params)}")
+  t = _train_fields(config)
+  stage = stage or t.stage
+  txs = make_optimizers(t, stage, trainable)
+  patterns = STAGE_TRAINABLE[stage] if trainable is None else tuple(map(tuple, trainable))
+  _check_trainable_paths(g_params, patterns)
+  g_params = dict(g_params)
+  batch_stats = dict(batch_stats or {})
+  batch_stats = {"g": batch_stats.pop("g", {}), "d": batch_stats.pop("d", {}), **batch_stats}
+  return GANTrainState(
+      step=jnp.zeros((), jnp.int32),
+      g_params=g_params,
+      d_params=d_params,
+      g_opt_state=txs["generator"].init(g_params),
+      d_opt_state=txs["discriminator"].init(d_params),
+      batch_stats=batch_stats,
+      rng=jax.random.PRNGKey(0) if rng is None else rng,
+      g_tx=txs["generator"],
+      d_tx=txs["discriminator"],
+  )
+
+
+def gradient_norms(grads: Mapping[str, PyTree]) -> dict[str, jax.Array]:
+  """Global L2 norm of the gradients of each top-level entry (network) of `grads`."""
+  return {name: optax.global_norm(g) for name, g in grads.items()}
