@@ -14,18 +14,11 @@ torch = pytest.importorskip("torch", reason="torch (a dev-only dependency) write
 from configs.default import model_config  # noqa: E402
 from pcavs_jax import checkpoint, cli  # noqa: E402
 from pcavs_jax.convert.official import convert_official  # noqa: E402
+from pcavs_jax.convert.parity import nhwc, official_parity_errors  # noqa: E402
 from pcavs_jax.models.pcavs import build_discriminator  # noqa: E402
 
 TOL = 1e-4
 NETS = ("G", "V", "E", "A_sync", "D")
-
-
-def _nhwc(x: np.ndarray) -> np.ndarray:
-  return np.transpose(x, (0, 2, 3, 1))
-
-
-def _max_err(a, b) -> float:
-  return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
 @pytest.fixture(scope="module")
@@ -69,62 +62,30 @@ def test_both_file_formats_convert_identically(converted, official_dirs):
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
-def test_encoders_match_official(loaded, official_outputs):
+@pytest.fixture(scope="module")
+def errors(loaded, converted, official_outputs):
   model, variables = loaded
-  o = official_outputs
-  ref = _nhwc(o["in_reference"])
-  identity = model.apply(variables, ref, method=model.encode_identity)
-  visual = model.apply(variables, ref, method=model.encode_nonidentity)
-  audio = model.apply(variables, o["in_spectrogram"][:, 0], method=model.encode_audio)
-  pairs = {
-      "V_id_vector": identity["id_vector"], "V_id_map": identity["id_map"],
-      "V_class_scores": identity["class_scores"], "E_feature": visual["feature"],
-      "E_mouth": visual["mouth"], "E_headpose": visual["headpose"],
-      "E_mouth_embed": visual["mouth_embed"], "E_pose_code": visual["pose_code"],
-      "A_sync_feature": audio["mouth"], "A_sync_mouth_embed": audio["mouth_embed"],
-  }
-  errors = {}
-  for key, ours in pairs.items():
-    want = o[key] if o[key].ndim != 4 else _nhwc(o[key])
-    errors[key] = _max_err(ours, want)
-  assert max(errors.values()) <= TOL, errors
-
-
-def test_generator_matches_official(loaded, official_outputs):
-  model, variables = loaded
-  o = official_outputs
-  style = np.concatenate([o["V_id_vector"], o["E_mouth_embed"], o["E_pose_code"]], axis=1)
-  image = model.apply(variables, style, _nhwc(o["V_id_map"]), method=model.generate)
-  assert _max_err(image, _nhwc(o["G_image_from_video_features"])) <= TOL
-
-
-def test_infer_matches_official(loaded, official_outputs):
-  model, variables = loaded
-  o = official_outputs
-  out = model.apply(variables, _nhwc(o["in_reference"]), o["in_spectrogram"][:, 0],
-                    _nhwc(o["in_driving"]), with_reference_pose=True, method=model.infer)
-  assert out["driven"].shape == (2, 224, 224, 3)
-  errors = {"driven": _max_err(out["driven"], _nhwc(o["inference_driven_pose"])),
-            "reference_pose": _max_err(out["reference_pose"], _nhwc(o["inference_reference_pose"]))}
-  assert max(errors.values()) <= TOL, errors
-  plain = model.apply(variables, _nhwc(o["in_reference"]), o["in_spectrogram"][:, 0],
-                      _nhwc(o["in_driving"]), method=model.infer)
-  assert set(plain) == {"driven"}
-
-
-def test_discriminator_matches_official(converted, official_outputs):
   _, d_variables, _ = converted
+  return official_parity_errors(model, variables, official_outputs,
+                                build_discriminator(model_config()), d_variables)
+
+
+@pytest.mark.parametrize("network,prefix", [
+    ("identity encoder", "V_"), ("non-identity encoder", "E_"), ("audio encoder", "A_sync_"),
+    ("generator", "G_"), ("infer", "inference_"), ("discriminator", "D_")])
+def test_matches_official_outputs(errors, official_outputs, network, prefix):
+  expected = {k for k in official_outputs if k.startswith(prefix)}
+  mine = {k: v for k, v in errors.items() if k.startswith(prefix)}
+  assert set(mine) == expected, f"{network}: outputs not compared: {expected - set(mine)}"
+  assert max(mine.values()) <= TOL, mine
+
+
+def test_infer_outputs_only_what_is_asked(loaded, official_outputs):
+  model, variables = loaded
   o = official_outputs
-  disc = build_discriminator(model_config())
-  scales = disc.apply(d_variables, _nhwc(o["inference_driven_pose"][:1]))
-  errors = {}
-  for s, outputs in enumerate(scales):
-    errors[f"D_scale{s}_logits"] = _max_err(outputs[-1], _nhwc(o[f"D_scale{s}_logits"]))
-    for j, feature in enumerate(outputs[1:]):
-      mean_abs = np.abs(np.asarray(feature)).mean(axis=(0, 1, 2))
-      errors[f"D_scale{s}_layer{j}"] = _max_err(mean_abs, o[f"D_scale{s}_layer{j}_mean_abs"])
-  assert len(errors) == 12
-  assert max(errors.values()) <= TOL, errors
+  out = model.apply(variables, nhwc(o["in_reference"]), o["in_spectrogram"][:, 0],
+                    nhwc(o["in_driving"]), method=model.infer)
+  assert set(out) == {"driven"} and out["driven"].shape == (2, 224, 224, 3)
 
 
 def test_parameter_counts_equal_official(loaded, parity_dir):
