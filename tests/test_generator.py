@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pcavs_jax.convert.map_gan import convert_generator
+from pcavs_jax.models import generator
 from pcavs_jax.models.generator import Generator, ModulatedConv, generator_channels, start_size
 
 PARITY_TOL = 1e-4
@@ -200,3 +201,42 @@ def test_batched_modulated_conv_equals_grouped(upsample, demodulate, ksize):
   want = _naive_modulated_conv(params, x, style, upsample, demodulate)
   assert got.shape == want.shape == (3, 12 if upsample else 6, 12 if upsample else 6, 5)
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def _reference_upconv_blur(x, w):
+  """Transposed conv as a dilated conv with the flipped kernel, then a depthwise 4x4 blur."""
+  from jax import lax
+  nhwc = ("NHWC", "HWIO", "NHWC")
+  y = lax.conv_general_dilated(x, w[::-1, ::-1], (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
+                               dimension_numbers=nhwc)
+  c = y.shape[-1]
+  k = np.tile(generator.blur_kernel(4.0)[:, :, None, None], (1, 1, 1, c))
+  return lax.conv_general_dilated(y, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=nhwc,
+                                  feature_group_count=c)
+
+
+def _reference_upsample_rgb(x):
+  """upfirdn2d(up=2, pads (2, 1)) as zero insertion then a depthwise blur."""
+  from jax import lax
+  c = x.shape[-1]
+  k = np.tile(generator.blur_kernel(4.0)[:, :, None, None], (1, 1, 1, c))
+  return lax.conv_general_dilated(x, k, (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
+
+
+def test_subpixel_upconv_equals_transposed_conv_then_blur():
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((2, 5, 7, 6)).astype(np.float32)
+  w = rng.standard_normal((3, 3, 6, 4)).astype(np.float32)
+  ours = np.asarray(generator.upconv_blur(jnp.asarray(x), jnp.asarray(w)))
+  ref = np.asarray(_reference_upconv_blur(jnp.asarray(x), jnp.asarray(w)))
+  assert ours.shape == ref.shape == (2, 10, 14, 4)
+  np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_rgb_upsample_equals_zero_insertion_then_blur():
+  x = np.random.default_rng(4).standard_normal((2, 4, 6, 3)).astype(np.float32)
+  ours = np.asarray(generator.upsample_rgb(jnp.asarray(x)))
+  ref = np.asarray(_reference_upsample_rgb(jnp.asarray(x)))
+  assert ours.shape == ref.shape == (2, 8, 12, 3)
+  np.testing.assert_allclose(ours, ref, atol=1e-6)

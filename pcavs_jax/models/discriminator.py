@@ -63,10 +63,19 @@ class SpectralConv(nn.Module):
         u_var.value, v_var.value = u, v
     sigma = jnp.dot(u, w_mat @ v)
     w = (kernel / sigma).astype(self.dtype)
-    p = self.padding
     return lax.conv_general_dilated(
-        x.astype(self.dtype), w, window_strides=(self.strides, self.strides),
-        padding=((p, p), (p, p)), dimension_numbers=_NHWC)
+        pad_spatial(x.astype(self.dtype), self.padding), w,
+        window_strides=(self.strides, self.strides), padding="VALID", dimension_numbers=_NHWC)
+
+
+def pad_spatial(x: jax.Array, p: int) -> jax.Array:
+  """Zero-pads H and W by `p` on both sides.
+
+  The D convs pad 2 around a 4x4 kernel, so their outputs are larger than their inputs. Given
+  that padding inside the convolution, XLA:CPU computes the kernel gradient on a path that is
+  more than 10x slower (seconds per step at 64 px); padding first keeps it on the fast path.
+  """
+  return jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
 
 
 def instance_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
@@ -93,8 +102,8 @@ class NLayerDiscriminator(nn.Module):
     """Returns [x, out0, ..., out_{num_layers-1}, logits], NHWC."""
     outs = [x]
     nf = self.base_channels
-    h = nn.Conv(nf, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), dtype=self.dtype,
-                name="model0")(x.astype(self.dtype))
+    h = nn.Conv(nf, (4, 4), strides=(2, 2), padding="VALID", dtype=self.dtype,
+                name="model0")(pad_spatial(x.astype(self.dtype), 2))
     h = nn.leaky_relu(h, 0.2)
     outs.append(h)
     for n in range(1, self.num_layers):
@@ -104,8 +113,8 @@ class NLayerDiscriminator(nn.Module):
                        name=f"model{n}")(h, update_stats=train)
       h = nn.leaky_relu(instance_norm(h), 0.2)
       outs.append(h)
-    h = nn.Conv(1, (4, 4), strides=(1, 1), padding=((2, 2), (2, 2)), dtype=self.dtype,
-                name=f"model{self.num_layers}")(h)
+    h = nn.Conv(1, (4, 4), strides=(1, 1), padding="VALID", dtype=self.dtype,
+                name=f"model{self.num_layers}")(pad_spatial(h, 2))
     outs.append(h)
     return outs
 

@@ -68,34 +68,63 @@ def generator_channels(resolution: int, width: float = 1.0) -> list[tuple[int, i
   return [(s, max(8, int(round(c * width)))) for s, c in zip(sizes, base)]
 
 
-class Blur(nn.Module):
-  """Depthwise FIR filter (upfirdn2d with up = down = 1), zero padding `pad` = (before, after)."""
-  pad: tuple[int, int] = (1, 1)
-  gain: float = 4.0
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    c = x.shape[-1]
-    # upfirdn2d convolves (flipped kernel); the kernel is symmetric, flipped anyway for clarity.
-    k = jnp.asarray(blur_kernel(self.gain)[::-1, ::-1].copy(), x.dtype)
-    k = jnp.tile(k[:, :, None, None], (1, 1, 1, c))
-    return lax.conv_general_dilated(
-        x, k, window_strides=(1, 1), padding=(self.pad, self.pad),
-        dimension_numbers=_NHWC, feature_group_count=c)
+def _fir_taps() -> np.ndarray:
+  """The 1-D factor f of the blur kernel: outer(f, f) = outer([1,3,3,1]) / 64 * 4."""
+  return np.array([1.0, 3.0, 3.0, 1.0], np.float32) / 4.0
 
 
-class Upsample(nn.Module):
-  """2x zero-insertion upsampling followed by the FIR filter (gain 4), pads (2, 1)."""
+def upconv_blur(x: jax.Array, w: jax.Array) -> jax.Array:
+  """The official up-convolution: conv_transpose2d(x, w, stride 2) then the blur with pads (1, 1).
 
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    c = x.shape[-1]
-    k = jnp.asarray(blur_kernel(4.0)[::-1, ::-1].copy(), x.dtype)
-    k = jnp.tile(k[:, :, None, None], (1, 1, 1, c))
-    # lhs_dilation leaves no trailing zero after the last sample, upfirdn2d does: (2, 1) -> (2, 2).
-    return lax.conv_general_dilated(
-        x, k, window_strides=(1, 1), padding=((2, 2), (2, 2)), lhs_dilation=(2, 2),
-        dimension_numbers=_NHWC, feature_group_count=c)
+  Computed exactly as one ordinary 3x3 convolution with 4x the output channels (one set per
+  output pixel phase) and a pixel shuffle: no dilated input, no depthwise filter, which are slow
+  paths on CPU and waste 3/4 of the work on inserted zeros.
+
+  Args:
+    x: (B, H, W, in).
+    w: (3, 3, in, out), the transposed conv's taps as stored (w[k] feeds out[2i + k]).
+
+  Returns:
+    (B, 2H, 2W, out).
+  """
+  f = _fir_taps()
+  full = np.zeros((6, 3), np.float32)            # full[e, k] = f[e - k]
+  for k in range(3):
+    full[k:k + 4, k] = f
+  fused = jnp.einsum("yk,xl,klio->yxio", full, full, w.astype(jnp.float32))  # (6, 6, in, out)
+  # Per axis, out[2j + a] = sum_p x[j + p - 1] * fused[a + 4 - 2p] (phase a, input tap p).
+  rows = np.arange(2)[:, None] + 4 - 2 * np.arange(3)[None, :]   # (2 phases, 3 taps)
+  # kernel[p, q, i, (a, b, o)] = fused[rows[a, p], rows[b, q], i, o]
+  k = fused[rows[:, :, None, None], rows[None, None, :, :]]       # (a, p, b, q, in, out)
+  k = jnp.transpose(k, (1, 3, 4, 0, 2, 5))                        # (p, q, in, a, b, out)
+  cin, cout = w.shape[2], w.shape[3]
+  k = k.reshape(3, 3, cin, 4 * cout).astype(x.dtype)
+  y = lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC)
+  b, h, wd, _ = y.shape
+  y = y.reshape(b, h, wd, 2, 2, cout)
+  return jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(b, 2 * h, 2 * wd, cout)
+
+
+def upsample_rgb(x: jax.Array) -> jax.Array:
+  """Zero-insertion 2x upsampling then the blur (gain 4, pads (2, 1)): upfirdn2d(x, up=2).
+
+  Per axis this is out[2j] = (x[j-1] + 3 x[j]) / 4, out[2j+1] = (3 x[j] + x[j+1]) / 4 with
+  zeros beyond the border, computed by slicing.
+  """
+  def along(v, axis):
+    n = v.shape[axis]
+    pad = [(0, 0)] * v.ndim
+    pad[axis] = (1, 1)
+    vp = jnp.pad(v, pad)
+    prev = lax.slice_in_dim(vp, 0, n, axis=axis)
+    nxt = lax.slice_in_dim(vp, 2, n + 2, axis=axis)
+    even = 0.25 * prev + 0.75 * v
+    odd = 0.75 * v + 0.25 * nxt
+    out = jnp.stack([even, odd], axis=axis + 1)
+    shape = list(v.shape)
+    shape[axis] = 2 * n
+    return out.reshape(shape)
+  return along(along(x, 1), 2)
 
 
 class EqualLinear(nn.Module):
@@ -117,7 +146,7 @@ class ModulatedConv(nn.Module):
   """StyleGAN2 modulated convolution in the batched efficient form.
 
   `upsample=True` is the official up-convolution: a stride-2 transposed convolution with
-  the stored weight, then `Blur` with pads (1, 1).
+  the stored weight, then the blur with pads (1, 1) (see `upconv_blur`).
 
   Attributes:
     features: output channels.
@@ -145,11 +174,9 @@ class ModulatedConv(nn.Module):
     w = (kernel * scale).astype(self.dtype)
     h = x.astype(self.dtype) * s.astype(self.dtype)[:, None, None, :]
     if self.upsample:
-      # Transposed conv, stride 2, no padding: out = 2H + 1. As a forward conv: dilate the
-      # input by 2, pad k - 1 on both sides, correlate with the spatially flipped kernel.
-      h = lax.conv_general_dilated(
-          h, w[::-1, ::-1], window_strides=(1, 1), padding=((k - 1, k - 1), (k - 1, k - 1)),
-          lhs_dilation=(2, 2), dimension_numbers=_NHWC)
+      if k != 3:
+        raise ValueError(f"the up-convolution is defined for 3x3 kernels, got {k}x{k}")
+      h = upconv_blur(h, w)  # the blur commutes with the per-channel demodulation below
     else:
       p = k // 2
       h = lax.conv_general_dilated(
@@ -160,8 +187,6 @@ class ModulatedConv(nn.Module):
       wsq = jnp.sum(jnp.square(kernel * scale), axis=(0, 1))                # (in, out)
       demod = lax.rsqrt(jnp.dot(jnp.square(s), wsq) + _DEMOD_EPS)          # (B, out)
       h = h * demod.astype(h.dtype)[:, None, None, :]
-    if self.upsample:
-      h = Blur(pad=(1, 1), gain=4.0, name="blur")(h)
     return h
 
 
@@ -209,7 +234,7 @@ class ToRGB(nn.Module):
     # The 3-channel RGB path is cheap: keep it in float32.
     rgb = rgb.astype(jnp.float32) + bias
     if skip is not None:
-      rgb = rgb + Upsample(name="upsample")(skip)
+      rgb = rgb + upsample_rgb(skip)
     return rgb
 
 
