@@ -14,9 +14,15 @@ _SUBCOMMANDS = {
 }
 
 
+# Subcommands with absl flags of their own: everything after the name is handed over as is.
+_ABSL_SUBCOMMANDS = {"train": "pcavs_jax.main"}
+
+
 def _parser(command: str | None) -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="pcavs-jax", description=__doc__)
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+  for name in _ABSL_SUBCOMMANDS:
+    sub.add_parser(name, help=f"(absl flags: pcavs-jax {name} --help)")
   for name, module in _SUBCOMMANDS.items():
     if command in (None, name):
       importlib.import_module(module).register(sub)
@@ -28,6 +34,8 @@ def _parser(command: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   command = next((a for a in argv if not a.startswith("-")), None)
+  if command in _ABSL_SUBCOMMANDS and argv and argv[0] == command:
+    return importlib.import_module(_ABSL_SUBCOMMANDS[command]).main(argv[1:])
   parser = _parser(command if command in _SUBCOMMANDS else None)
   args = parser.parse_args(argv)
   if not getattr(args, "func", None):

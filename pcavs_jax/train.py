@@ -1,0 +1,258 @@
+"""PC-AVS training: `train_and_evaluate(config, workdir)`.
+
+Set-up, then a loop of pmapped steps (`pcavs_jax.train_steps`), with clu metrics and
+TensorBoard summaries, Orbax checkpoints and automatic resume from the workdir; SIGTERM /
+SIGINT save and exit; a non-finite loss stops the run and never reaches a checkpoint.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import jax_utils
+
+from pcavs_jax import train_steps
+from pcavs_jax.models.pcavs import build_discriminator, build_model
+from pcavs_jax.train_state import GANTrainState, create_train_state
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class _StopSignal:
+  """Turns SIGTERM / SIGINT into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: signals cannot be caught here
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("received signal %d: saving a checkpoint and stopping", signum)
+    self.received = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def maybe_initialize_distributed(config) -> None:
+  """`jax.distributed.initialize` when the run spans several processes.
+
+  Reads config.distributed (coordinator_address, num_processes, process_id) or, when those are
+  unset, the usual cluster environment (jax auto-detects SLURM / TPU pods / JAX_COORDINATOR_*).
+  """
+  d = config.get("distributed", None)
+  if d is not None and d.get("num_processes", 1) > 1:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=d.coordinator_address,
+                               num_processes=d.num_processes, process_id=d.process_id,
+                               local_device_ids=d.get("local_device_ids", None))
+  elif os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize()
+
+
+def initial_state(config, model, discriminator) -> GANTrainState:
+  """A fresh state at step 0 (on the host's CPU), optionally from a pretrained checkpoint."""
+  rng = jax.random.key(config.seed)
+  init_rng, d_rng, state_rng = jax.random.split(rng, 3)
+  r = config.model.resolution
+  image = jnp.zeros((1, r, r, 3), jnp.float32)
+  mel = jnp.zeros((1, 80, 20), jnp.float32)
+  cpu = jax.local_devices(backend="cpu")[0]
+  with jax.default_device(cpu):
+    variables = jax.jit(functools.partial(model.init, train=False))(
+        {"params": init_rng, "dropout": init_rng, "noise": init_rng}, image, mel, image)
+    d_variables = jax.jit(discriminator.init)(d_rng, image)
+    g_params = variables["params"]
+    stats = {"g": dict(variables.get("batch_stats", {})), "d": dict(d_variables.get("batch_stats", {}))}
+    if config.get("init_checkpoint"):
+      g_params, stats["g"] = _load_init(config.init_checkpoint, g_params, stats["g"])
+    return create_train_state(g_params, d_variables["params"], stats, config, rng=state_rng)
+
+
+def _load_init(path: str, g_params, g_stats):
+  """Initialises the G side from any checkpoint `load_checkpoint` reads (e.g. converted official)."""
+  from pcavs_jax.checkpoint import load_checkpoint
+  _, variables = load_checkpoint(path)
+  shapes = lambda t: jax.tree.map(lambda x: x.shape, t)
+  if shapes(variables["params"]) != shapes(g_params):
+    raise ValueError(f"init_checkpoint {path} does not match config.model")
+  logging.info("initialised the generator side from %s", path)
+  return variables["params"], variables.get("batch_stats", g_stats)
+
+
+def checkpoint_manager(workdir: str, config):
+  import orbax.checkpoint as ocp
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.max_to_keep, create=True,
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / CHECKPOINT_DIR,
+                               options=options, item_names=("state", "config"))
+
+
+def _state_tree(state: GANTrainState) -> dict:
+  return {"step": state.step, "g_params": state.g_params, "d_params": state.d_params,
+          "g_opt_state": state.g_opt_state, "d_opt_state": state.d_opt_state,
+          "batch_stats": state.batch_stats, "rng": jax.random.key_data(state.rng)}
+
+
+def save_checkpoint(manager, state: GANTrainState, config) -> None:
+  import orbax.checkpoint as ocp
+  step = int(state.step)
+  tree = jax.tree.map(np.asarray, _state_tree(state))
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                             config=ocp.args.JsonSave(config.to_dict())), force=True)
+  manager.wait_until_finished()
+
+
+def restore_checkpoint(manager, template: GANTrainState, step: int | None = None) -> GANTrainState:
+  """Restores into the structure of `template` (an abstract target keeps optax states typed)."""
+  import orbax.checkpoint as ocp
+  step = manager.latest_step() if step is None else step
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
+                          _state_tree(template))
+  tree = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+  return template.replace(step=jnp.asarray(tree["step"]), g_params=tree["g_params"],
+                          d_params=tree["d_params"], g_opt_state=tree["g_opt_state"],
+                          d_opt_state=tree["d_opt_state"], batch_stats=tree["batch_stats"],
+                          rng=jax.random.wrap_key_data(jnp.asarray(tree["rng"])))
+
+
+def _image_grid(samples: dict[str, np.ndarray], max_rows: int = 4) -> np.ndarray:
+  """Rows of reference | pose source | generated | target, as one uint8 image."""
+  cols = [samples[k][:max_rows] for k in ("reference", "pose_source", "fake_audio", "target")]
+  rows = np.concatenate(cols, axis=2)             # side by side
+  grid = np.concatenate(list(rows), axis=0)       # stacked
+  return np.clip((grid + 1) * 127.5, 0, 255).astype(np.uint8)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANTrainState:
+  """Trains PC-AVS as `config` says, resuming from `workdir` if it holds a checkpoint.
+
+  Returns:
+    The final (unreplicated) state.
+
+  Raises:
+    NonFiniteLossError: a loss became NaN / Inf (the last checkpoint stays the last good one).
+  """
+  from clu import metric_writers, parameter_overview, periodic_actions
+  from pcavs_jax import input_pipeline
+
+  maybe_initialize_distributed(config)
+  workdir = str(pathlib.Path(workdir).absolute())
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+  logging.info("process %d/%d, %d local devices of %d: %s", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
+
+  model = build_model(config.model).clone(bn_axis_name=train_steps.AXIS)
+  eval_model = build_model(config.model)
+  discriminator = build_discriminator(config.model)
+  state = initial_state(config, model, discriminator)
+  manager = checkpoint_manager(workdir, config)
+  if manager.latest_step() is not None:
+    state = restore_checkpoint(manager, state)
+    logging.info("resumed from %s at step %d", manager.directory, int(state.step))
+  start_step = int(state.step)
+  if start_step == 0 and is_main:
+    for name, params in state.g_params.items():
+      parameter_overview.log_parameter_overview(params, msg=f"{name} parameters")
+    parameter_overview.log_parameter_overview(state.d_params, msg="discriminator parameters")
+
+  vgg_params = None
+  if config.get("vgg_weights"):
+    from pcavs_jax.models.vgg import load_vgg19_weights
+    vgg_params = jax_utils.replicate(load_vgg19_weights(config.vgg_weights))
+    logging.info("VGG19 perceptual loss on, weights from %s", config.vgg_weights)
+  else:
+    logging.info("VGG19 perceptual loss off: no config.vgg_weights given")
+
+  step_fn = jax.pmap(
+      functools.partial(train_steps.train_step, model=model, discriminator=discriminator,
+                        config=config),
+      axis_name=train_steps.AXIS, donate_argnums=(0,))
+  sample_fn = jax.pmap(functools.partial(train_steps.sample_step, model=eval_model),
+                       axis_name=train_steps.AXIS)
+  data = input_pipeline.create_train_iterator(config, config.data_dir, seed=config.seed,
+                                              start_step=start_step)
+  rstate = jax_utils.replicate(state)
+  del state
+
+  report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
+  total = config.num_train_steps
+  deadline = (time.time() + 60 * config.max_train_minutes) if config.get("max_train_minutes") else None
+  history: list[dict[str, float]] = []
+  acc: dict[str, float] = {}
+  n_acc = 0
+  t_log = time.time()
+  step = start_step
+  with _StopSignal() as stop:
+    while step < total:
+      batch = next(data)
+      rstate, metrics = step_fn(rstate, batch) if vgg_params is None else step_fn(
+          rstate, batch, vgg_params=vgg_params)
+      step += 1
+      report(step)
+      m = jax.device_get(jax.tree.map(lambda x: x[0], metrics)) if (
+          step % config.log_every == 0 or step == total or stop.received) else None
+      if m is not None:
+        if not bool(m.pop("all_finite")):
+          bad = {k: float(v) for k, v in m.items() if not np.isfinite(v)}
+          raise NonFiniteLossError(
+              f"non-finite loss at step {step}: {bad}; stopped, the last good checkpoint in "
+              f"{manager.directory} (step {manager.latest_step()}) is kept")
+        elapsed = time.time() - t_log
+        steps_done = step - (history[-1]["step"] if history else start_step)
+        scalars = {k: float(v) for k, v in m.items()}
+        scalars["steps_per_sec"] = steps_done / max(elapsed, 1e-9)
+        scalars["examples_per_sec"] = scalars["steps_per_sec"] * config.data.batch_size
+        from pcavs_jax.train_state import learning_rate_schedules
+        for k, sched in learning_rate_schedules(config).items():
+          scalars[f"lr_{k}"] = float(sched(step))
+        writer.write_scalars(step, scalars)
+        history.append({"step": step, **scalars})
+        t_log = time.time()
+      if config.get("image_every") and (step % config.image_every == 0 or step == total):
+        samples = jax.device_get(jax.tree.map(
+            lambda x: x[0], sample_fn(rstate.g_params, rstate.batch_stats["g"], batch)))
+        writer.write_images(step, {"reference|pose|generated|target": _image_grid(samples)[None]})
+      out_of_time = deadline is not None and time.time() > deadline
+      if (step % config.checkpoint_every == 0 or step == total or stop.received or out_of_time):
+        if m is None:  # never write a state whose losses were not checked
+          m = jax.device_get(jax.tree.map(lambda x: x[0], metrics))
+          if not bool(m["all_finite"]):
+            raise NonFiniteLossError(f"non-finite loss at step {step}; the last good checkpoint "
+                                     f"(step {manager.latest_step()}) is kept")
+        save_checkpoint(manager, jax_utils.unreplicate(rstate), config)
+      if stop.received or out_of_time:
+        logging.info("stopping at step %d (%s)", step,
+                     "signal" if stop.received else "max_train_minutes reached")
+        break
+  writer.flush()
+  if is_main and history:
+    with open(os.path.join(workdir, "train_history.jsonl"), "a") as f:
+      for row in history:
+        f.write(json.dumps(row) + "\n")
+  return jax_utils.unreplicate(rstate)

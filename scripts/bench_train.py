@@ -1,0 +1,95 @@
+"""Steps/s and examples/s of the PC-AVS train step (D then G), on synthetic batches.
+
+  python scripts/bench_train.py --config configs/synthtalk.py                 # 1 device
+  python scripts/bench_train.py --config configs/synthtalk.py --devices 8     # 8 simulated CPU devices
+  python scripts/bench_train.py --config configs/default.py --mfu             # 224 step + MFU (on a GPU)
+
+With --devices N on a CPU, XLA is told to expose N host devices (set before jax is imported); the
+global batch stays config.data.batch_size, so the figures compare the same work.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def _parse() -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", default="configs/synthtalk.py")
+  p.add_argument("--devices", type=int, default=1, help="simulated CPU devices (CPU only)")
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--batch-size", type=int, default=None)
+  p.add_argument("--stage", default=None, help="override config.train.stage")
+  p.add_argument("--mfu", action="store_true", help="print FLOPs/step and MFU (needs --peak-tflops)")
+  p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak, e.g. 989 (H100 bf16)")
+  p.add_argument("--dtype", default=None, help="override config.model.dtype")
+  return p.parse_args()
+
+
+def main() -> None:
+  args = _parse()
+  if args.devices > 1:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={args.devices}")
+  import functools
+
+  import jax
+  import numpy as np
+  from flax import jax_utils
+  from ml_collections import config_flags  # noqa: F401  (config files may import it)
+
+  sys.path.insert(0, os.getcwd())
+  from pcavs_jax import train, train_steps
+  from pcavs_jax.models.pcavs import build_discriminator, build_model
+  from pcavs_jax.utils import load_config_file
+
+  config = load_config_file(args.config)
+  if args.batch_size:
+    config.data.batch_size = args.batch_size
+  if args.stage:
+    config.train.stage = args.stage
+  if args.dtype:
+    config.model.dtype = args.dtype
+  n = jax.local_device_count()
+  bs = config.data.batch_size
+  if bs % n:
+    raise SystemExit(f"batch size {bs} is not divisible by {n} devices")
+  model = build_model(config.model).clone(bn_axis_name=train_steps.AXIS)
+  disc = build_discriminator(config.model)
+  state = jax_utils.replicate(train.initial_state(config, model, disc))
+  step = jax.pmap(functools.partial(train_steps.train_step, model=model, discriminator=disc,
+                                    config=config), axis_name=train_steps.AXIS, donate_argnums=(0,))
+  r, per = config.model.resolution, bs // n
+  rng = np.random.default_rng(0)
+  image = lambda *s: rng.uniform(-1, 1, (n, per) + s + (r, r, 3)).astype(np.float32)
+  batch = {"target": image(1), "pose_source": image(1), "reference": image(config.data.num_inputs),
+           "mel": rng.uniform(0, 1, (n, per, 1, 80, 20)).astype(np.float32),
+           "label": rng.integers(0, config.model.num_classes, (n, per)).astype(np.int32)}
+  t = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t
+  state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  t = time.perf_counter()
+  for _ in range(args.steps):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  dt = (time.perf_counter() - t) / args.steps
+  print(f"config {args.config} stage {config.train.stage}: {r}px, global batch {bs}, "
+        f"{n} x {jax.devices()[0].device_kind}, dtype {config.model.dtype}")
+  print(f"compile {compile_s:.1f} s; {1 / dt:.3f} steps/s, {bs / dt:.2f} examples/s "
+        f"({dt * 1000:.0f} ms/step)")
+  if args.mfu:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", float("nan"))) * n  # per-device program, all devices
+    print(f"FLOPs/step (compiled cost analysis): {flops / 1e12:.3f} TFLOP; "
+          f"achieved {flops / dt / 1e12:.1f} TFLOP/s")
+    if args.peak_tflops:
+      print(f"MFU: {100 * flops / dt / 1e12 / args.peak_tflops:.1f} % of {args.peak_tflops} TFLOP/s")
+
+
+if __name__ == "__main__":
+  main()
