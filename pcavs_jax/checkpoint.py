@@ -5,7 +5,7 @@ An exported checkpoint is a folder:
   variables/        Orbax StandardSave of {'params', 'batch_stats'} of `PCAVS`;
   discriminator/    the same for D (optional).
 `load_checkpoint` also reads a folder of official `.pth` files (converting on the fly) and a
-training workdir (its latest Orbax checkpoint).
+training workdir (the generator side of its latest Orbax checkpoint).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 CONFIG_FILE = "config.json"
+TRAIN_CHECKPOINT_DIR = "checkpoints"
 
 
 def _checkpointer():
@@ -101,5 +102,33 @@ def load_checkpoint(path: str | os.PathLike, model_config=None):
     if not report.ok:
       raise ValueError(f"official checkpoint {path} does not match the model:\n{report.summary()}")
     return build_model(model_config), variables
-  raise FileNotFoundError(f"{path}: neither an exported checkpoint ({CONFIG_FILE} + variables/) "
-                          "nor a folder of official '<epoch>_net_G.pth' files")
+  if (path / TRAIN_CHECKPOINT_DIR).is_dir():
+    return load_training_checkpoint(path)
+  raise FileNotFoundError(f"{path}: neither an exported checkpoint ({CONFIG_FILE} + variables/), "
+                          "a training workdir (checkpoints/) nor a folder of official "
+                          "'<epoch>_net_G.pth' files")
+
+
+def load_training_checkpoint(workdir: str | os.PathLike, step: int | None = None):
+  """The generator side of a training workdir's checkpoint (latest step by default).
+
+  Returns:
+    (model, variables) with the BatchNorm statistics of the generator-side networks.
+  """
+  import orbax.checkpoint as ocp
+  from pcavs_jax.models.pcavs import build_model
+  directory = pathlib.Path(workdir).absolute() / TRAIN_CHECKPOINT_DIR
+  manager = ocp.CheckpointManager(directory, item_names=("state", "config"))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"{directory} holds no checkpoint")
+  config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  model_config = ml_collections.ConfigDict(config["model"])
+  model = build_model(model_config)
+  # Restored without a target: plain nested dicts, enough to read the generator side.
+  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  variables = {"params": state["g_params"], "batch_stats": state["batch_stats"]["g"]}
+  want = jax.tree.structure(_abstract(model, model_config))
+  if jax.tree.structure(variables) != want:
+    raise ValueError(f"{directory} step {step}: the generator side does not match its config.model")
+  return model, variables

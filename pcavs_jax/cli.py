@@ -11,6 +11,9 @@ _SUBCOMMANDS = {
     "convert": "pcavs_jax.convert.cli",
     "synthtalk": "data_pipeline.synthtalk",
     "preprocess": "data_pipeline.preprocess",
+    "generate": "pcavs_jax.inference",
+    "evaluate": "pcavs_jax.evaluation",
+    "evaluate-synthtalk": "pcavs_jax.cross_driven",
 }
 
 

@@ -25,7 +25,7 @@ from pcavs_jax import train_steps
 from pcavs_jax.models.pcavs import build_discriminator, build_model
 from pcavs_jax.train_state import GANTrainState, create_train_state
 
-CHECKPOINT_DIR = "checkpoints"
+from pcavs_jax.checkpoint import TRAIN_CHECKPOINT_DIR as CHECKPOINT_DIR
 
 
 class NonFiniteLossError(FloatingPointError):
