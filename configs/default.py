@@ -18,6 +18,8 @@ def model_config(resolution: int = 224, width: float = 1.0) -> ml_collections.Co
   m.num_classes = 5830             # identity classes (VoxCeleb2 train ids in the official model)
   m.clip_len = 1
   m.audio_mouth_weight = 1.2       # official inference scales the audio mouth feature
+  m.hourglass_dropout = 0.5        # E_n hourglass dropout in training
+  m.fixed_pose = False             # ablation: zero pose code
   m.d_scales = 2
   m.d_layers = 4
   m.d_channels = 64

@@ -71,6 +71,21 @@ def summary_table(report: dict) -> str:
   return "\n".join(lines)
 
 
+def write_videos(generated: dict[str, np.ndarray], eval_set_path: str, out_dir: str) -> None:
+  """One mp4 per triple: reference | pose source | generated | truth, with C's audio."""
+  from data_pipeline.synthtalk import crossdriven
+  from pcavs_jax.media import write_video
+  eval_set = crossdriven.load_eval_set(eval_set_path)
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  for triple in eval_set.triples:
+    frames = generated[triple.triple_id]
+    t = len(frames)
+    side = np.concatenate([np.repeat(triple.reference_frames[:1], t, 0), triple.pose_frames[:t],
+                           frames, triple.truth_frames[:t]], axis=2)
+    write_video(out / f"{triple.triple_id}.mp4", side, audio=triple.audio)
+
+
 def register(subparsers) -> None:
   p = subparsers.add_parser("evaluate-synthtalk", help="cross-driven generation + exact SynthTalk scores",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,16 +104,5 @@ def run(args: argparse.Namespace) -> int:
   path.write_text(json.dumps(report, indent=1, default=float))
   print(f"report: {path}")
   if args.videos:
-    from data_pipeline.synthtalk import crossdriven
-    from pcavs_jax.media import write_video
-    eval_set = crossdriven.load_eval_set(args.eval_set)
-    out = pathlib.Path(args.videos)
-    out.mkdir(parents=True, exist_ok=True)
-    for triple in eval_set.triples:
-      frames = generated[triple.triple_id]
-      side = np.concatenate([triple.reference_frames[:1].repeat(len(frames), 0),
-                             triple.pose_frames[:len(frames)], frames,
-                             triple.truth_frames[:len(frames)]], axis=2)
-      write_video(out / f"{triple.triple_id}.mp4", side, audio=triple.audio)
-    print(f"videos (reference | pose source | generated | truth): {out}")
+    write_videos(generated, args.eval_set, args.videos)
   return 0

@@ -139,6 +139,28 @@ def restore_checkpoint(manager, template: GANTrainState, step: int | None = None
                           rng=jax.random.wrap_key_data(jnp.asarray(tree["rng"])))
 
 
+def train_batches(config, start_step: int):
+  """Device batches for steps start_step, start_step + 1, ...
+
+  The data order is re-seeded every `config.data_reseed_every` steps (default: the checkpoint
+  interval) by folding the segment's first step into the data seed. A run resumed from any
+  checkpoint therefore sees exactly the batches an uninterrupted run sees; a resume from a
+  mid-segment (preemption) checkpoint skips the segment's consumed batches first.
+  """
+  from pcavs_jax import input_pipeline
+  every = config.get("data_reseed_every") or config.checkpoint_every
+  step = start_step
+  while True:
+    segment = (step // every) * every
+    batches = input_pipeline.create_train_iterator(config, config.data_dir, seed=config.seed,
+                                                   start_step=segment)
+    for _ in range(step - segment):
+      next(batches)
+    for _ in range(segment + every - step):
+      yield next(batches)
+    step = segment + every
+
+
 def _image_grid(samples: dict[str, np.ndarray], max_rows: int = 4) -> np.ndarray:
   """Rows of reference | pose source | generated | target, as one uint8 image."""
   cols = [samples[k][:max_rows] for k in ("reference", "pose_source", "fake_audio", "target")]
@@ -157,7 +179,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANTr
     NonFiniteLossError: a loss became NaN / Inf (the last checkpoint stays the last good one).
   """
   from clu import metric_writers, parameter_overview, periodic_actions
-  from pcavs_jax import input_pipeline
 
   maybe_initialize_distributed(config)
   workdir = str(pathlib.Path(workdir).absolute())
@@ -195,8 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANTr
       axis_name=train_steps.AXIS, donate_argnums=(0,))
   sample_fn = jax.pmap(functools.partial(train_steps.sample_step, model=eval_model),
                        axis_name=train_steps.AXIS)
-  data = input_pipeline.create_train_iterator(config, config.data_dir, seed=config.seed,
-                                              start_step=start_step)
+  data = train_batches(config, start_step)
   rstate = jax_utils.replicate(state)
   del state
 
@@ -233,6 +253,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANTr
           scalars[f"lr_{k}"] = float(sched(step))
         writer.write_scalars(step, scalars)
         history.append({"step": step, **scalars})
+        if is_main:  # the curves as JSON lines, readable while the run goes on
+          with open(os.path.join(workdir, "train_history.jsonl"), "a") as f:
+            f.write(json.dumps(history[-1]) + "\n")
         t_log = time.time()
       if config.get("image_every") and (step % config.image_every == 0 or step == total):
         samples = jax.device_get(jax.tree.map(
@@ -251,8 +274,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANTr
                      "signal" if stop.received else "max_train_minutes reached")
         break
   writer.flush()
-  if is_main and history:
-    with open(os.path.join(workdir, "train_history.jsonl"), "a") as f:
-      for row in history:
-        f.write(json.dumps(row) + "\n")
   return jax_utils.unreplicate(rstate)

@@ -59,6 +59,7 @@ def train_config() -> ml_collections.ConfigDict:
   t.decay_start_step = 100_000  # constant lr before this step
   t.decay_end_step = 200_000    # lr x final_lr_fraction from here on
   t.final_lr_fraction = 0.0
+  t.noise_injection = True      # G's per-pixel noise (off: deterministic generator in training)
   return t
 
 

@@ -33,15 +33,16 @@ def _flatten_clip(batch: Batch) -> Batch:
           "label": jnp.repeat(batch["label"], clip_len, axis=0)}
 
 
-def _g_rngs(rng: jax.Array) -> dict[str, jax.Array]:
+def _g_rngs(rng: jax.Array, noise_injection: bool = True) -> dict[str, jax.Array]:
   dropout, noise = jax.random.split(rng)
-  return {"dropout": dropout, "noise": noise}
+  return {"dropout": dropout, "noise": noise} if noise_injection else {"dropout": dropout}
 
 
-def _g_forward(g_params, batch_stats, batch: Batch, rng, *, model, stage: str):
+def _g_forward(g_params, batch_stats, batch: Batch, rng, *, model, stage: str,
+               noise_injection: bool = True):
   """The generator-side forward of a stage: (outputs the losses read, new batch stats)."""
   variables = {"params": g_params, "batch_stats": batch_stats}
-  kw = dict(rngs=_g_rngs(rng), mutable=["batch_stats"])
+  kw = dict(rngs=_g_rngs(rng, noise_injection), mutable=["batch_stats"])
   if stage == "identity":
     out, new = model.apply(variables, batch["reference"][:, 0], train=True,
                            method=model.encode_identity, **kw)
@@ -69,7 +70,12 @@ def _g_losses(outputs, d_out, batch: Batch, loss_config, vgg_params) -> tuple[ja
   if "class_scores" in outputs and w.identity > 0:
     terms["identity_ce"] = w.identity * losses.cross_entropy_loss(outputs["class_scores"], batch["label"])
   if "audio_mouth" in outputs:
-    _, parts = losses.sync_loss(outputs["visual_mouth"], outputs["audio_mouth"],
+    # The contrastive negatives are the rest of the global batch, as the official loss sees
+    # the whole (DataParallel-gathered) batch: gather every device's features first. Each device
+    # then holds the global loss; the gather's transpose sums its cotangents over devices, so the
+    # pmean-ed gradients equal the single-device gradients of the same global batch.
+    gather = lambda x: lax.all_gather(x, AXIS, tiled=True)
+    _, parts = losses.sync_loss(gather(outputs["visual_mouth"]), gather(outputs["audio_mouth"]),
                                 contrastive_weight=w.contrastive, l1_weight=w.crossmodal_l1)
     terms.update(parts)
   if d_out is not None:
@@ -108,7 +114,8 @@ def train_step(state: GANTrainState, batch: Batch, *, model, discriminator, conf
   batch = _flatten_clip(batch)
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(AXIS))
   g_rng, d_rng = jax.random.split(rng)
-  forward = functools.partial(_g_forward, batch=batch, rng=g_rng, model=model, stage=stage)
+  forward = functools.partial(_g_forward, batch=batch, rng=g_rng, model=model, stage=stage,
+                              noise_injection=config.train.get("noise_injection", True))
   outputs, g_vjp, g_stats = jax.vjp(lambda p: forward(p, state.batch_stats["g"]),
                                     state.g_params, has_aux=True)
   metrics: dict[str, jax.Array] = {}
@@ -154,7 +161,10 @@ def train_step(state: GANTrainState, batch: Batch, *, model, discriminator, conf
   metrics.update(g_terms, g_loss=g_loss)
   metrics.update({f"grad_norm_{k}": _norm(v) for k, v in g_grads.items()
                   if k in _trained_networks(stage)})
+  metrics.update(param_norm_generator_side=_norm(g_params), param_norm_discriminator=_norm(d_params))
   metrics = lax.pmean(metrics, AXIS)
+  # Losses, gradient norms and the updated parameters' norms: a state is only saved when all
+  # of them are finite.
   metrics["all_finite"] = jnp.all(jnp.stack([jnp.isfinite(v) for v in metrics.values()]))
   new_state = state.replace(step=state.step + 1, g_params=g_params, d_params=d_params,
                             g_opt_state=g_opt_state, d_opt_state=d_opt_state,

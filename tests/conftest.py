@@ -5,6 +5,12 @@ import pathlib
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# Compiled XLA programs are cached on disk, so that the test runs (and their subprocesses) that
+# build the same train step compile it once; set before jax is imported anywhere.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "jax_compilation_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PARITY_DIR = pathlib.Path(os.environ.get("PCAVS_PARITY_DIR", REPO.parent / "shared" / "parity"))
 
 
@@ -35,3 +41,23 @@ def official_weights(parity_dir):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+@pytest.fixture(scope="session")
+def random_records(tmp_path_factory) -> str:
+  """Eight random 64-px clips of four identities as clip records (two shards), for training tests."""
+  import numpy as np
+  from data_pipeline.records import write_clips
+  from pcavs_jax import audio
+  from pcavs_jax.clips import Clip
+  rng = np.random.default_rng(0)
+  out = tmp_path_factory.mktemp("random_records")
+
+  def clips():
+    for i in range(8):
+      wav = (0.1 * rng.standard_normal(16 * 640)).astype(np.float32)
+      yield Clip(clip_id=f"clip{i}", identity=f"id{i % 4}", label=i % 4,
+                 frames=rng.integers(0, 255, (16, 64, 64, 3), dtype=np.uint8), audio=wav,
+                 mel=audio.melspectrogram(wav))
+  write_clips(clips(), out, "train", num_shards=2)
+  return str(out)

@@ -297,6 +297,7 @@ class FAN(nn.Module):
   width: float = 1.0
   feature_dim: int = 512
   num_landmarks: int = 68
+  dropout_rate: float = 0.5
   dtype: Dtype = jnp.float32
   bn_axis_name: str | None = None
 
@@ -312,7 +313,8 @@ class FAN(nn.Module):
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = block(c128, name="conv3")(x, train)
     x = block(c256, name="conv4")(x, train)
-    x = Hourglass(hourglass_depth(min(x.shape[1:3])), c256, dtype=self.dtype,
+    x = Hourglass(hourglass_depth(min(x.shape[1:3])), c256, dropout_rate=self.dropout_rate,
+                  dtype=self.dtype,
                   bn_axis_name=self.bn_axis_name, name="hourglass")(x, train)
     x = block(c256, name="top_block")(x, train)
     x = bn("bn_end")(_conv(c256, 1, bias=True, dtype=self.dtype, name="conv_last")(x))
@@ -338,6 +340,7 @@ class NonIdentityEncoder(nn.Module):
     clip_len: frames whose features `classify_mouth` / `classify_pose` take together.
     resolution: input side; the trunk's final linear layer takes (resolution / 8)^2 inputs.
       Below 64 px the hourglass has fewer than 4 levels (3 at 56 px), see `hourglass_depth`.
+    hourglass_dropout: dropout on the hourglass's upper branches in training (0.5 official).
     dtype: compute dtype.
     bn_axis_name: axis over which BatchNorm statistics are averaged.
   """
@@ -349,12 +352,14 @@ class NonIdentityEncoder(nn.Module):
   num_classes: int = 5830
   clip_len: int = 1
   resolution: int = 224
+  hourglass_dropout: float = 0.5
   dtype: Dtype = jnp.float32
   bn_axis_name: str | None = None
 
   def setup(self):
     d = self.feature_dim
-    self.fan = FAN(width=self.width, feature_dim=d, dtype=self.dtype,
+    self.fan = FAN(width=self.width, feature_dim=d, dropout_rate=self.hourglass_dropout,
+                   dtype=self.dtype,
                    bn_axis_name=self.bn_axis_name)
     self.classifier = MLP(d, self.num_classes, dtype=self.dtype)
     self.to_mouth = MLP(d, d, dtype=self.dtype)

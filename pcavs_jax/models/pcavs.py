@@ -36,6 +36,8 @@ class PCAVS(nn.Module):
     num_classes: identity classes of the classifiers.
     clip_len: frames per training clip (sizes of the clip-level classifiers).
     audio_mouth_weight: audio mouth features are scaled by this at inference (1.2 official).
+    hourglass_dropout: E_n's hourglass dropout in training (0.5 official).
+    fixed_pose: ablation: the generator receives a zero pose code, so no pose is controllable.
     dtype: compute dtype; parameters stay float32.
     bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training.
   """
@@ -47,6 +49,8 @@ class PCAVS(nn.Module):
   num_classes: int = 5830
   clip_len: int = 1
   audio_mouth_weight: float = 1.2
+  hourglass_dropout: float = 0.5
+  fixed_pose: bool = False
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
 
@@ -59,7 +63,8 @@ class PCAVS(nn.Module):
     self.nonidentity_encoder = NonIdentityEncoder(
         width=self.width, feature_dim=self.feature_dim, mouth_dim=self.mouth_dim,
         pose_dim=self.pose_dim, num_classes=self.num_classes, clip_len=self.clip_len,
-        resolution=self.resolution, dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+        resolution=self.resolution, hourglass_dropout=self.hourglass_dropout, dtype=self.dtype,
+        bn_axis_name=self.bn_axis_name)
     self.audio_encoder = AudioEncoder(
         width=self.width, feature_dim=self.feature_dim, num_classes=self.num_classes,
         dtype=self.dtype, bn_axis_name=self.bn_axis_name)
@@ -97,6 +102,8 @@ class PCAVS(nn.Module):
 
   def merge(self, id_vector: Array, mouth_embed: Array, pose_code: Array) -> Array:
     """The generator's style: concat(identity vector, mouth embedding, pose code)."""
+    if self.fixed_pose:
+      pose_code = jnp.zeros_like(pose_code)
     return jnp.concatenate([id_vector, mouth_embed, pose_code], axis=-1)
 
   def generate(self, style: Array, id_map: Array, train: bool = False) -> Array:

@@ -1,0 +1,133 @@
+"""Training end to end on the tiny config: smoke, resume, determinism, NaN stop, SIGTERM."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs.default import get_config
+from pcavs_jax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def records(random_records) -> str:
+  return random_records
+
+
+def tiny_config(records: str, steps: int, **overrides):
+  config = get_config("variant=tiny")
+  config.data_dir = records
+  config.num_train_steps = steps
+  config.log_every = 1
+  config.checkpoint_every = 2
+  for key, value in overrides.items():
+    target = config
+    *path, leaf = key.split(".")
+    for p in path:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def history(workdir) -> list[dict]:
+  lines = (pathlib.Path(workdir) / "train_history.jsonl").read_text().splitlines()
+  return [json.loads(l) for l in lines]
+
+
+LOSS_KEYS = ("d_loss", "g_loss", "identity_ce", "sync_l1", "feature_matching_audio")
+
+
+def losses(rows, steps):
+  by_step = {r["step"]: r for r in rows}
+  return np.array([[by_step[s][k] for k in LOSS_KEYS] for s in steps])
+
+
+@pytest.fixture(scope="module")
+def runs(records, tmp_path_factory):
+  """An uninterrupted 4-step run, and a 2-step run resumed to 4 steps in a second call."""
+  whole = tmp_path_factory.mktemp("whole")
+  split = tmp_path_factory.mktemp("split")
+  init = train.initial_state(tiny_config(records, 4), *_networks(records))
+  state_whole = train.train_and_evaluate(tiny_config(records, 4), str(whole))
+  state_half = train.train_and_evaluate(tiny_config(records, 2), str(split))
+  state_resumed = train.train_and_evaluate(tiny_config(records, 4), str(split))
+  return dict(whole=whole, split=split, init=init, state_whole=state_whole,
+              state_half=state_half, state_resumed=state_resumed)
+
+
+def _networks(records):
+  from pcavs_jax.models.pcavs import build_discriminator, build_model
+  from pcavs_jax import train_steps
+  c = tiny_config(records, 1)
+  return build_model(c.model).clone(bn_axis_name=train_steps.AXIS), build_discriminator(c.model)
+
+
+def test_two_step_smoke(runs):
+  rows = history(runs["split"])[:2]
+  assert [r["step"] for r in rows] == [1, 2]
+  assert all(np.isfinite(r[k]) for r in rows for k in LOSS_KEYS)
+  changed = jax.tree.map(lambda a, b: not np.array_equal(np.asarray(a), np.asarray(b)),
+                         runs["init"].g_params, runs["state_half"].g_params)
+  for network, flags in changed.items():
+    assert any(jax.tree.leaves(flags)), f"{network} parameters did not change"
+  assert not np.array_equal(jax.tree.leaves(runs["init"].d_params)[0],
+                            jax.tree.leaves(runs["state_half"].d_params)[0])
+  assert (runs["split"] / "checkpoints" / "2").is_dir()
+  assert list((runs["split"]).glob("events.out.tfevents.*")), "no TensorBoard summaries written"
+
+
+def test_resume_gives_the_losses_of_an_uninterrupted_run(runs):
+  whole, resumed = history(runs["whole"]), history(runs["split"])
+  assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+  np.testing.assert_allclose(losses(resumed, [3, 4]), losses(whole, [3, 4]), rtol=1e-5)
+  np.testing.assert_allclose(
+      np.asarray(jax.tree.leaves(runs["state_resumed"].g_params)[0]),
+      np.asarray(jax.tree.leaves(runs["state_whole"].g_params)[0]), rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_gives_the_same_losses(runs):
+  np.testing.assert_array_equal(losses(history(runs["split"]), [1, 2]),
+                                losses(history(runs["whole"]), [1, 2]))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(records, tmp_path):
+  train.train_and_evaluate(tiny_config(records, 2, checkpoint_every=1), str(tmp_path))
+  config = tiny_config(records, 6, checkpoint_every=1)
+  config.train.lr = 1e30  # the next update overflows the parameters
+  with pytest.raises(train.NonFiniteLossError, match="non-finite .* step 3"):
+    train.train_and_evaluate(config, str(tmp_path))
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps[-1] == 2
+  from pcavs_jax.checkpoint import load_training_checkpoint
+  _, variables = load_training_checkpoint(tmp_path)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(variables["params"]))
+
+
+def test_sigterm_saves_and_exits(records, tmp_path):
+  script = (f"import sys; sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})\n"
+            "from test_train import tiny_config\n"
+            "from pcavs_jax import train\n"
+            f"c = tiny_config({records!r}, 100000, checkpoint_every=100000)\n"
+            f"train.train_and_evaluate(c, {str(tmp_path)!r})\n")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 600
+  events = tmp_path / "train_history.jsonl"
+  # Wait until training steps run (their losses are logged), then ask it to stop.
+  while time.time() < deadline and not events.exists() and proc.poll() is None:
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out[-3000:]
+  steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+  assert steps and 0 < max(steps) < 100000, out[-2000:]
+  assert events.exists()

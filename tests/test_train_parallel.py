@@ -1,0 +1,67 @@
+"""Data parallelism: 8 simulated devices match 1 device; two processes end with equal parameters.
+
+Each case runs `tests/train_worker.py` in fresh processes (the device count is fixed when jax
+starts). Tolerance: float32 reductions split over devices sum in another order, so losses and
+parameters agree to rtol 1e-4, not bit for bit.
+"""
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+WORKER = pathlib.Path(__file__).with_name("train_worker.py")
+
+
+def _run(args, out, timeout=900):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run([sys.executable, str(WORKER), *args, "--out", str(out)], env=env,
+                        capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+  return json.loads(pathlib.Path(out).read_text())
+
+
+def test_eight_devices_give_the_losses_of_one(tmp_path):
+  one = _run(["steps", "--devices", "1"], tmp_path / "one.json")
+  eight = _run(["steps", "--devices", "8"], tmp_path / "eight.json")
+  for step in range(2):
+    a, b = one["losses"][step], eight["losses"][step]
+    assert set(a) == set(b)
+    for key in a:
+      np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-5, err_msg=f"step {step + 1} {key}")
+  for network in one["checksums"]:
+    np.testing.assert_allclose(eight["checksums"][network], one["checksums"][network], rtol=1e-4)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_end_with_identical_parameters(tmp_path, random_records):
+  port = _free_port()
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  env.pop("XLA_FLAGS", None)
+  procs = []
+  for i in range(2):
+    cmd = [sys.executable, str(WORKER), "distributed", "--process-id", str(i), "--num-processes", "2",
+           "--port", str(port), "--records", random_records, "--workdir", str(tmp_path / "run"),
+           "--out", str(tmp_path / f"p{i}.json")]
+    procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True))
+  logs = [p.communicate(timeout=1200)[0] for p in procs]
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log[-4000:]
+  results = [json.loads((tmp_path / f"p{i}.json").read_text()) for i in range(2)]
+  assert [r["process_index"] for r in results] == [0, 1]
+  assert all(r["process_count"] == 2 and r["device_count"] == 2 and r["step"] == 2 for r in results)
+  assert results[0]["checksums"] == results[1]["checksums"]
+  assert results[0]["d_checksum"] == results[1]["d_checksum"]
+  assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
