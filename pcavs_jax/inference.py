@@ -1150,6 +1150,18 @@ def _driver(checkpoint, batch_size: int) -> FrameDriver:
                                                                             batch_size)
 
 
+def _driver_and_options(checkpoint, batch_size: int, official: bool | None, **options
+                        ) -> tuple["FrameDriver", PrepareOptions]:
+  """The frame driver of a checkpoint and the input preparation that matches it.
+
+  Official checkpoints get the official crop unless `official` says otherwise.
+  """
+  if official is None:
+    official = not isinstance(checkpoint, FrameDriver) and is_official_checkpoint(checkpoint)
+  driver = _driver(checkpoint, batch_size)
+  return driver, PrepareOptions(resolution=driver.resolution, official_crop=official, **options)
+
+
 def generate(checkpoint: PathLike | FrameDriver, reference: PathLike, audio: PathLike,
              out: PathLike, pose: PathLike | None = None, *, mouth_source: PathLike | None = None,
              panel: bool = False, frames_dir: PathLike | None = None, batch_size: int = 8,
@@ -1185,12 +1197,9 @@ def generate(checkpoint: PathLike | FrameDriver, reference: PathLike, audio: Pat
   out = pathlib.Path(out)
   if out.suffix.lower() != ".mp4":
     raise InputError(out, "output must be an .mp4 file", "invalid")
-  if official is None:
-    official = not isinstance(checkpoint, FrameDriver) and is_official_checkpoint(checkpoint)
-  driver = _driver(checkpoint, batch_size)
-  options = PrepareOptions(resolution=driver.resolution, aligned=aligned, official_crop=official,
-                           landmark_model=landmark_model, max_frames=max_frames,
-                           strict_pose_length=strict_pose_length, mouth=panel)
+  driver, options = _driver_and_options(checkpoint, batch_size, official, aligned=aligned,
+                                        landmark_model=landmark_model, max_frames=max_frames,
+                                        strict_pose_length=strict_pose_length, mouth=panel)
   spec = JobSpec(name=out.stem, reference=str(reference), audio=str(audio),
                  pose=str(pose) if pose else None,
                  mouth_source=str(mouth_source) if mouth_source else None)
@@ -1221,12 +1230,9 @@ def generate_batch(checkpoint: PathLike | FrameDriver, manifest: PathLike, out_d
   jobs = read_manifest(manifest)
   pi = jax.process_index() if process_index is None else process_index
   pc = jax.process_count() if process_count is None else process_count
-  if official is None:
-    official = not isinstance(checkpoint, FrameDriver) and is_official_checkpoint(checkpoint)
-  driver = _driver(checkpoint, batch_size)
-  options = PrepareOptions(resolution=driver.resolution, aligned=aligned, official_crop=official,
-                           landmark_model=landmark_model, max_frames=max_frames,
-                           strict_pose_length=strict_pose_length, mouth=panel)
+  driver, options = _driver_and_options(checkpoint, batch_size, official, aligned=aligned,
+                                        landmark_model=landmark_model, max_frames=max_frames,
+                                        strict_pose_length=strict_pose_length, mouth=panel)
   return run_jobs(shard_jobs(jobs, pi, pc), driver, out_dir, options, panel=panel,
                   frames_dir=frames_dir, results_path=results_path(out_dir, pi, pc),
                   overwrite=overwrite, progress=progress)

@@ -61,3 +61,16 @@ def random_records(tmp_path_factory) -> str:
                  mel=audio.melspectrogram(wav))
   write_clips(clips(), out, "train", num_shards=2)
   return str(out)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> pathlib.Path:
+  """A tiny random-weight exported checkpoint (64 px), shared by the inference tests."""
+  import inference_testutil
+  return inference_testutil.tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def driver(checkpoint):
+  from pcavs_jax import inference
+  return inference.load_driver(checkpoint, batch_size=4)

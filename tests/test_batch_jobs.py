@@ -13,16 +13,6 @@ from pcavs_jax.media import InputError
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory) -> pathlib.Path:
-  return util.tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
-
-
-@pytest.fixture(scope="session")
-def driver(checkpoint) -> inference.FrameDriver:
-  return inference.load_driver(checkpoint, batch_size=4)
-
-
-@pytest.fixture(scope="session")
 def data(tmp_path_factory) -> pathlib.Path:
   """photo.png, speech.wav (0.4 s = 10 frames), pose.mp4 (6 frames) in one folder."""
   d = tmp_path_factory.mktemp("jobs")

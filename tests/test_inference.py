@@ -21,16 +21,6 @@ from pcavs_jax.media import InputError
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory) -> pathlib.Path:
-  return util.tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
-
-
-@pytest.fixture(scope="session")
-def driver(checkpoint) -> inference.FrameDriver:
-  return inference.load_driver(checkpoint, batch_size=4)
-
-
-@pytest.fixture(scope="session")
 def inputs(tmp_path_factory) -> dict[str, pathlib.Path]:
   d = tmp_path_factory.mktemp("inputs")
   return {
