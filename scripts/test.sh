@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh dev
+# espeak-ng (a Debian package) speaks the sentence of the real-speech generation test.
+if ! command -v espeak-ng >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  { apt-get install -y -q espeak-ng || { apt-get update -q && apt-get install -y -q espeak-ng; }; } \
+    >/dev/null 2>&1 || echo "note: espeak-ng could not be installed; its test will be skipped"
+fi
 export TF_CPP_MIN_LOG_LEVEL=2
 args=("$@")
 default=0
