@@ -161,16 +161,20 @@ def test_frames_of_many_jobs_share_batches_without_changing_them(driver, inputs,
   jobs = [inference.prepare_job(s, options) for s in specs]
   jobs[1] = inference.prepare_job(specs[1], PrepareOptions(resolution=64, max_frames=5))
   drive = inference._jitted(driver.model, "drive")
+  compiled_before = drive._cache_size()  # other tests of the session may have compiled it
   packed = inference.run_jobs(jobs, driver, tmp_path / "packed", frames_dir=tmp_path / "pf",
                               progress=False)
   assert packed["counts"] == {"ok": 3} and packed["frames"] == 7 + 5 + 7
-  assert drive._cache_size() == 1  # one compiled batch shape for every job and the padding
+  # One compiled batch shape for every job and the padding.
+  assert drive._cache_size() - compiled_before <= 1
+  compiled = drive._cache_size()
   for job in jobs:
     alone = inference.run_jobs([job], driver, tmp_path / "alone", frames_dir=tmp_path / "af",
                                progress=False)
     assert alone["counts"] == {"ok": 1}
     np.testing.assert_array_equal(_frames_dir(tmp_path / "pf" / job.name),
                                   _frames_dir(tmp_path / "af" / job.name))
+  assert drive._cache_size() == compiled
 
 
 def test_frames_dir_is_replaced_only_when_it_holds_our_frames(driver, inputs, tmp_path):

