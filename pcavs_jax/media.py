@@ -191,6 +191,17 @@ def _run_ffmpeg(args: list[str], path: PathLike, timeout: float = _FFMPEG_TIMEOU
                      "timeout") from None
 
 
+def _ffmpeg_log(result, p, what: str, missing: str, missing_kind: str) -> str:
+  """ffmpeg's log of a decode; raises when it could not open the input or find the stream."""
+  text = result.stderr.decode("utf-8", "replace")
+  if "Input #0" not in text:
+    raise InputError(p, f"corrupt or unsupported {what} ({_ffmpeg_problem(result.stderr)})",
+                     "corrupt")
+  if "matches no streams" in text:
+    raise InputError(p, missing, missing_kind)
+  return text
+
+
 def _ffmpeg_problem(stderr: bytes) -> str:
   """The most telling line of an ffmpeg error log, for messages."""
   text = stderr.decode("utf-8", "replace")
@@ -303,12 +314,7 @@ def read_video(path: PathLike, fps: float | None = FPS, max_side: int | None = N
     args += ["-frames:v", str(int(max_frames))]
   args += ["-an", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
   result = _run_ffmpeg(args, p)
-  text = result.stderr.decode("utf-8", "replace")
-  if "Input #0" not in text:
-    raise InputError(p, f"corrupt or unsupported video file ({_ffmpeg_problem(result.stderr)})",
-                     "corrupt")
-  if "matches no streams" in text:
-    raise InputError(p, "file has no video stream", "no_video")
+  text = _ffmpeg_log(result, p, "video file", "file has no video stream", "no_video")
   # The output stream line carries the frame size after the filters (and after autorotation).
   out_section = text[text.find("Output #0"):] if "Output #0" in text else ""
   m = re.search(r"Video: rawvideo.*?, (\d+)x(\d+)", out_section)
@@ -490,12 +496,7 @@ def read_audio(path: PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
   else:
     result = _run_ffmpeg(["-i", str(p), "-map", "0:a:0", "-vn", "-ac", "1", "-ar",
                           str(sample_rate), "-f", "f32le", "-"], p)
-    text = result.stderr.decode("utf-8", "replace")
-    if "Input #0" not in text:
-      raise InputError(p, f"corrupt or unsupported media file ({_ffmpeg_problem(result.stderr)})",
-                       "corrupt")
-    if "matches no streams" in text:
-      raise InputError(p, "file has no audio track", "no_audio")
+    text = _ffmpeg_log(result, p, "media file", "file has no audio track", "no_audio")
     if (damage := _damage(result)) or (result.returncode != 0 and not result.stdout):
       raise InputError(p, f"corrupt audio: decoding failed "
                           f"({damage or _ffmpeg_problem(result.stderr)})", "corrupt")
