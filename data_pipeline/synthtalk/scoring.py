@@ -24,6 +24,7 @@ tests and the closing note.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import cv2
@@ -102,7 +103,16 @@ def _identity_distance(read: Mapping[str, np.ndarray], ref: Mapping[str, np.ndar
 
 def score_triple(generated: np.ndarray, triple: CrossTriple, max_lag: int = 5,
                  value_range: tuple[float, float] | None = None) -> dict[str, float]:
-  """Scores one generated video (T', H, W, 3) against its triple; compares min(T, T') frames."""
+  """Scores one generated video (T', H, W, 3) against its triple; compares min(T, T') frames.
+
+  Frames the analyzer cannot read count in `analysis_failures`; a measure no frame gives is NaN.
+  """
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+    return _score_triple(generated, triple, max_lag, value_range)
+
+
+def _score_triple(generated, triple, max_lag, value_range) -> dict[str, float]:
   truth = triple.truth_frames
   gen = to_uint8(generated, truth.shape[1], value_range)
   t = min(len(gen), len(truth))
