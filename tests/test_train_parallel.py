@@ -1,10 +1,15 @@
 """Data parallelism: 8 simulated devices match 1 device; two processes end with equal parameters.
 
 Each case runs `tests/train_worker.py` in fresh processes (the device count is fixed when jax
-starts). Tolerances: float32 reductions split over devices sum in another order. Losses computed
-before any update agree to rtol 1e-4. After an update they agree to rtol 1e-2: Adam's first step
-is about lr * sign(gradient), so a gradient component near zero whose float rounding differs
-moves its parameter by a full step, which the next losses see.
+starts). Tolerances, for the same global batch of 8 (the worker runs Adam with eps 1e-2, see
+`train_worker._config`), as measured:
+  - step-1 losses before any update (D loss, identity, sync): rtol 1e-4;
+  - other step-1 figures (after D's update; gradient norms, which sum BatchNorm statistics taken
+    over 8 devices of one example each, as E[x^2] - E[x]^2 in another order): rtol 5e-3
+    (seen: <= 1.5e-3);
+  - every network's parameters after two steps (sum of |p|): rtol 1e-5 (seen: <= 1.4e-6);
+  - step-2 figures: rtol 2e-2 (seen: <= 1e-2), and 0.1 for the GAN terms and gradient norms
+    (seen: <= 5e-2), which amplify the small differences of D's first update.
 """
 import json
 import os
@@ -37,11 +42,14 @@ def test_eight_devices_give_the_losses_of_one(tmp_path):
     a, b = one["losses"][step], eight["losses"][step]
     assert set(a) == set(b)
     for key in a:
-      tight = step == 0 and key in before_update
-      np.testing.assert_allclose(b[key], a[key], rtol=1e-4 if tight else 1e-2, atol=1e-5,
-                                 err_msg=f"step {step + 1} {key}")
+      if step == 0:
+        rtol = 1e-4 if key in before_update else 5e-3
+      else:
+        rtol = 0.1 if key.startswith(("gan_", "grad_norm_")) else 2e-2
+      np.testing.assert_allclose(b[key], a[key], rtol=rtol, atol=1e-5, err_msg=f"step {step + 1} {key}")
   for network in one["checksums"]:
-    np.testing.assert_allclose(eight["checksums"][network], one["checksums"][network], rtol=1e-3)
+    np.testing.assert_allclose(eight["checksums"][network], one["checksums"][network], rtol=1e-5,
+                               err_msg=network)
 
 
 def _free_port() -> int:
