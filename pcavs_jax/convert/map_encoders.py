@@ -44,15 +44,20 @@ def unread_keys(reader: KeyReader, unused: Iterable[str] = ()) -> list[str]:
 # ----------------------------------------------------------------------------- E_i
 
 
-def _bottleneck(r: KeyReader, downsample: bool) -> Variables:
+def _residual_block(r: KeyReader, num_convs: int, downsample: bool) -> Variables:
+  """conv{i} + bn{i} (no conv bias), and the 1x1 conv + BN shortcut when the shape changes."""
   out: Variables = ({}, {})
-  for i in (1, 2, 3):
+  for i in range(1, num_convs + 1):
     out[0][f"conv{i}"] = r.conv(f"conv{i}", bias=False)
     _merge(out, f"bn{i}", r.batch_norm(f"bn{i}"))
   if downsample:
     out[0]["downsample_conv"] = r.conv("downsample.0", bias=False)
     _merge(out, "downsample_bn", r.batch_norm("downsample.1"))
   return out
+
+
+def _bottleneck(r: KeyReader, downsample: bool) -> Variables:
+  return _residual_block(r, 3, downsample)
 
 
 def convert_identity_encoder(sd: StateDict | KeyReader) -> tuple[Tree, Tree, list[str]]:
@@ -137,14 +142,8 @@ def convert_nonidentity_encoder(sd: StateDict | KeyReader) -> tuple[Tree, Tree, 
 
 
 def _se_block(r: KeyReader, downsample: bool) -> Variables:
-  out: Variables = ({}, {})
-  for i in (1, 2):
-    out[0][f"conv{i}"] = r.conv(f"conv{i}", bias=False)
-    _merge(out, f"bn{i}", r.batch_norm(f"bn{i}"))
+  out = _residual_block(r, 2, downsample)
   out[0]["se"] = {"fc1": r.linear("se.fc.0"), "fc2": r.linear("se.fc.2")}
-  if downsample:
-    out[0]["downsample_conv"] = r.conv("downsample.0", bias=False)
-    _merge(out, "downsample_bn", r.batch_norm("downsample.1"))
   return out
 
 
