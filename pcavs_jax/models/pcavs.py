@@ -122,10 +122,17 @@ class PCAVS(nn.Module):
     Returns:
       (B, H, W, 3) frames in [-1, 1].
     """
+    return self._drive_mouth(identity, self._audio_mouth_embed(mel, train), pose, train)
+
+  def _audio_mouth_embed(self, mel: Array, train: bool) -> Array:
+    """Mouth embedding of the audio, its feature scaled by audio_mouth_weight as at inference."""
     audio_mouth = self.audio_encoder(mel, train=train) * self.audio_mouth_weight
-    mouth_embed = self.nonidentity_encoder.embed_mouth(audio_mouth)
+    return self.nonidentity_encoder.embed_mouth(audio_mouth)
+
+  def _drive_mouth(self, identity: dict[str, Array], mouth_embed: Array, pose: Array,
+                   train: bool) -> Array:
     pose_code = pose if pose.ndim == 2 else self.nonidentity_encoder(pose, train=train)["pose_code"]
-    b = mel.shape[0]
+    b = mouth_embed.shape[0]
     id_vector = jnp.broadcast_to(identity["id_vector"], (b,) + identity["id_vector"].shape[1:])
     id_map = jnp.broadcast_to(identity["id_map"], (b,) + identity["id_map"].shape[1:])
     return self.generate(self.merge(id_vector, mouth_embed, pose_code), id_map, train=train)
@@ -145,10 +152,11 @@ class PCAVS(nn.Module):
       {"driven": (B, H, W, 3)} and, when asked, "reference_pose".
     """
     identity = self.encode_identity(reference, train=train)
-    out = {"driven": self.drive(identity, mel, pose, train=train)}
+    mouth_embed = self._audio_mouth_embed(mel, train)  # shared by both poses
+    out = {"driven": self._drive_mouth(identity, mouth_embed, pose, train)}
     if with_reference_pose:
       first = reference if reference.ndim == 4 else reference[:, 0]
-      out["reference_pose"] = self.drive(identity, mel, first, train=train)
+      out["reference_pose"] = self._drive_mouth(identity, mouth_embed, first, train)
     return out
 
   def __call__(self, reference: Array, mel: Array, pose_source: Array,
