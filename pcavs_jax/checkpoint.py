@@ -49,21 +49,14 @@ def _restore(path: pathlib.Path, abstract: Any) -> Any:
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract))
 
 
-def _abstract(model, model_config) -> dict:
-  r = model_config.resolution
-  image = np.zeros((1, r, r, 3), np.float32)
-  return jax.eval_shape(model.init, {"params": jax.random.key(0)}, image,
-                        np.zeros((1, 80, 20), np.float32), image)
-
-
 def load_export(path: str | os.PathLike, with_discriminator: bool = False):
   """Reads an exported checkpoint: (model, variables[, discriminator, d_variables])."""
-  from pcavs_jax.models.pcavs import build_discriminator, build_model
+  from pcavs_jax.models.pcavs import abstract_variables, build_discriminator, build_model
   path = pathlib.Path(path).absolute()
   meta = json.loads((path / CONFIG_FILE).read_text())
   model_config = ml_collections.ConfigDict(meta["model"])
   model = build_model(model_config)
-  variables = _restore(path / "variables", _abstract(model, model_config))
+  variables = _restore(path / "variables", abstract_variables(model))
   if not with_discriminator:
     return model, variables
   disc = build_discriminator(model_config)
@@ -116,7 +109,7 @@ def load_training_checkpoint(workdir: str | os.PathLike, step: int | None = None
     (model, variables) with the BatchNorm statistics of the generator-side networks.
   """
   import orbax.checkpoint as ocp
-  from pcavs_jax.models.pcavs import build_model
+  from pcavs_jax.models.pcavs import abstract_variables, build_model
   directory = pathlib.Path(workdir).absolute() / TRAIN_CHECKPOINT_DIR
   manager = ocp.CheckpointManager(directory, item_names=("state", "config"))
   step = manager.latest_step() if step is None else step
@@ -128,7 +121,7 @@ def load_training_checkpoint(workdir: str | os.PathLike, step: int | None = None
   # Restored without a target: plain nested dicts, enough to read the generator side.
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
   variables = {"params": state["g_params"], "batch_stats": state["batch_stats"]["g"]}
-  want = jax.tree.structure(_abstract(model, model_config))
+  want = jax.tree.structure(abstract_variables(model))
   if jax.tree.structure(variables) != want:
     raise ValueError(f"{directory} step {step}: the generator side does not match its config.model")
   return model, variables

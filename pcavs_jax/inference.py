@@ -469,10 +469,8 @@ def random_variables(model, seed: int = 0) -> dict:
   N(0, 1 / fan_in), biases, noise strengths and BatchNorm means 0, scales and variances 1.
   """
   import jax
-  r = model.resolution
-  image = np.zeros((1, r, r, 3), np.float32)
-  abstract = jax.eval_shape(model.init, {"params": jax.random.key(0)}, image,
-                            np.zeros((1, 80, 20), np.float32), image)
+  from pcavs_jax.models.pcavs import abstract_variables
+  abstract = abstract_variables(model)
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):

@@ -23,7 +23,7 @@ from flax import jax_utils
 
 from pcavs_jax import train_steps
 from pcavs_jax.models.pcavs import build_discriminator, build_model
-from pcavs_jax.train_state import GANTrainState, create_train_state
+from pcavs_jax.train_state import GANTrainState, create_train_state, learning_rate_schedules
 
 from pcavs_jax.checkpoint import TRAIN_CHECKPOINT_DIR as CHECKPOINT_DIR
 
@@ -220,6 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANTr
   rstate = jax_utils.replicate(state)
   del state
 
+  schedules = learning_rate_schedules(config)
   report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
   total = config.num_train_steps
   deadline = (time.time() + 60 * config.max_train_minutes) if config.get("max_train_minutes") else None
@@ -248,8 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANTr
         scalars = {k: float(v) for k, v in m.items()}
         scalars["steps_per_sec"] = steps_done / max(elapsed, 1e-9)
         scalars["examples_per_sec"] = scalars["steps_per_sec"] * config.data.batch_size
-        from pcavs_jax.train_state import learning_rate_schedules
-        for k, sched in learning_rate_schedules(config).items():
+        for k, sched in schedules.items():
           scalars[f"lr_{k}"] = float(sched(step))
         writer.write_scalars(step, scalars)
         history.append({"step": step, **scalars})

@@ -104,12 +104,12 @@ def convert_official(directory: str | os.PathLike, model_config, epoch: str | No
   Returns:
     (variables, d_variables or None, report); variables = {'params', 'batch_stats'} of PCAVS.
   """
-  from pcavs_jax.models.pcavs import build_discriminator, build_model
+  from pcavs_jax.models.pcavs import abstract_variables, build_discriminator, build_model
 
   files = find_official_files(directory, epoch)
   report = ConversionReport(files=dict(files))
   model = build_model(model_config)
-  expected = _abstract_variables(model, model_config)
+  expected = abstract_variables(model)
   params, stats = {}, {}
   converters = {"V": convert_identity_encoder, "E": convert_nonidentity_encoder,
                 "A_sync": convert_audio_encoder}
@@ -164,10 +164,3 @@ def _record_keys(net: str, sd: _TrackedStateDict, unused, report: ConversionRepo
   """Unexpected = keys neither read by the key map nor listed as deliberately unused."""
   report.unused[net] = sorted(unused)
   report.unexpected[net] = sorted(set(sd) - sd.read - set(unused))
-
-
-def _abstract_variables(model, model_config):
-  r = model_config.resolution
-  image = np.zeros((1, r, r, 3), np.float32)
-  mel = np.zeros((1, 80, 20), np.float32)
-  return jax.eval_shape(model.init, {"params": jax.random.key(0)}, image, mel, image)

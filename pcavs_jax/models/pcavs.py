@@ -194,6 +194,15 @@ class PCAVS(nn.Module):
     }
 
 
+def abstract_variables(model: PCAVS) -> dict:
+  """Shapes and dtypes of the model's variables ({'params', 'batch_stats'}), without computing them."""
+  import jax
+  r = model.resolution
+  image = jnp.zeros((1, r, r, 3), jnp.float32)
+  return jax.eval_shape(model.init, {"params": jax.random.key(0)}, image,
+                        jnp.zeros((1, 80, 20), jnp.float32), image)
+
+
 def build_model(model_config) -> PCAVS:
   """PCAVS from a `config.model` ConfigDict (see configs/default.py)."""
   c = dict(model_config)
