@@ -148,26 +148,10 @@ def test_pose_independent_of_audio():
   assert corr(mouth, loud) > 0.4  # the test can see a dependence where there is one
 
 
-def _degrade(frame, kind, rng):
-  if kind == "blurred":
-    return cv2.GaussianBlur(frame, (0, 0), frame.shape[0] / 64)
-  if kind == "noisy":
-    return np.clip(np.rint(frame + rng.normal(0, 8, frame.shape)), 0, 255).astype(np.uint8)
-  return frame
-
-
 @pytest.mark.parametrize("kind", ["clean", "blurred", "noisy"])
 def test_analyzer_accuracy(kind):
-  rng = np.random.default_rng(42)
-  errors = {k: [] for k in ("yaw", "pitch", "roll", "mouth_open", "mouth_width")}
-  for i in range(16):
-    params = generate.identity_params(77, i)
-    truth = {k: rng.uniform(-h, h) for k, h in generate.POSE_RANGE.items()}
-    truth.update(mouth_open=rng.uniform(0, 1) if i % 4 else 0.0, mouth_width=rng.uniform(0, 1))
-    frame = render.render_frame(params, **truth, resolution=RES)
-    read = analyzer.analyze_frame(_degrade(frame, kind, rng))
-    for k in errors:
-      errors[k].append(abs(read[k] - truth[k]) / analyzer.RANGES[k])
+  from data_pipeline.synthtalk.accuracy import analyzer_errors
+  errors = analyzer_errors(kind, 16, RES, keys=("yaw", "pitch", "roll", "mouth_open", "mouth_width"))
   mae = {k: float(np.mean(v)) for k, v in errors.items()}
   assert max(mae.values()) <= 0.10, mae
 
