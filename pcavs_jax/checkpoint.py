@@ -102,6 +102,17 @@ def load_checkpoint(path: str | os.PathLike, model_config=None):
                           "'<epoch>_net_G.pth' files")
 
 
+def _training_manager(workdir: str | os.PathLike):
+  import orbax.checkpoint as ocp
+  directory = pathlib.Path(workdir).absolute() / TRAIN_CHECKPOINT_DIR
+  return directory, ocp.CheckpointManager(directory, item_names=("state", "config"))
+
+
+def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
+  """The steps of the checkpoints kept in a training workdir, oldest first."""
+  return sorted(_training_manager(workdir)[1].all_steps())
+
+
 def load_training_checkpoint(workdir: str | os.PathLike, step: int | None = None):
   """The generator side of a training workdir's checkpoint (latest step by default).
 
@@ -110,8 +121,7 @@ def load_training_checkpoint(workdir: str | os.PathLike, step: int | None = None
   """
   import orbax.checkpoint as ocp
   from pcavs_jax.models.pcavs import abstract_variables, build_model
-  directory = pathlib.Path(workdir).absolute() / TRAIN_CHECKPOINT_DIR
-  manager = ocp.CheckpointManager(directory, item_names=("state", "config"))
+  directory, manager = _training_manager(workdir)
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"{directory} holds no checkpoint")

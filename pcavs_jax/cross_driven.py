@@ -13,39 +13,33 @@ import pathlib
 
 import numpy as np
 
-from pcavs_jax.audio import mel_windows
 
 
 def generate_cross_driven(model, variables, eval_set, batch_size: int = 16) -> dict[str, np.ndarray]:
   """Drives every triple of `eval_set` in memory: {triple_id: (T, H, W, 3) uint8}."""
-  from pcavs_jax.inference import FrameDriver
+  from pcavs_jax.inference import FrameDriver, eval_set_jobs
   driver = FrameDriver(model, variables, batch_size)
   if eval_set.resolution != driver.resolution:
     raise ValueError(f"eval set frames are {eval_set.resolution} px, the model draws "
                      f"{driver.resolution} px")
-  n = driver.batch_size
-  out = {}
-  for triple in eval_set.triples:
-    id_vector, id_map = driver.encode_identity(triple.reference_frames[:1])
-    t = triple.num_frames
-    windows = mel_windows(triple.mel, t).astype(np.float32)
-    pose = triple.pose_frames[:t]
-    frames = []
-    for start in range(0, t, n):
-      idx = np.minimum(np.arange(start, start + n), t - 1)  # pad the last batch: one compile
-      y = driver.drive(np.repeat(id_vector[None], n, 0), np.repeat(id_map[None], n, 0),
-                       windows[idx], pose[idx])
-      frames.append(np.asarray(y)[:min(n, t - start)])
-    out[triple.triple_id] = np.concatenate(frames)
-  return out
+  return {job.name: driver.drive_job(job) for job in eval_set_jobs(eval_set)}
 
 
-def evaluate_checkpoint(checkpoint: str, eval_set_path: str, batch_size: int = 32) -> dict:
-  """Scores a checkpoint's cross-driven generation (`scoring.score` summary + baselines)."""
+def evaluate_checkpoint(checkpoint: str, eval_set_path: str, batch_size: int = 32,
+                        step: int | None = None) -> dict:
+  """Scores a checkpoint's cross-driven generation (`scoring.score` summary + baselines).
+
+  Args:
+    checkpoint: training workdir or exported checkpoint.
+    eval_set_path: SynthTalk's `cross_driven/eval_set.npz`.
+    batch_size: frames per device per network call.
+    step: a training workdir's step (default: its latest).
+  """
   from data_pipeline.synthtalk import crossdriven, scoring
-  from pcavs_jax.checkpoint import load_checkpoint
+  from pcavs_jax.checkpoint import load_checkpoint, load_training_checkpoint
 
-  model, variables = load_checkpoint(checkpoint)
+  model, variables = (load_checkpoint(checkpoint) if step is None
+                      else load_training_checkpoint(checkpoint, step))
   eval_set = crossdriven.load_eval_set(eval_set_path)
   generated = generate_cross_driven(model, variables, eval_set, batch_size)
   result = scoring.score(generated, eval_set)
@@ -54,6 +48,30 @@ def evaluate_checkpoint(checkpoint: str, eval_set_path: str, batch_size: int = 3
       scoring.baseline_scores(eval_set)
   return {"model": {k: v for k, v in result.items() if k != "per_triple"},
           "per_triple": result["per_triple"], "baselines": baselines, "generated": generated}
+
+
+def target_ratios(model: dict, baselines: dict) -> dict[str, float]:
+  """The ratios the targets are judged by: mouth error / static-mouth baseline's, pose error /
+  reference-pose baseline's."""
+  return {"mouth_ratio": model["mouth_err"] / baselines["static_mouth"]["mouth_err"],
+          "pose_ratio": model["pose_err"] / baselines["reference_pose"]["pose_err"]}
+
+
+def evaluate_steps(workdir: str, eval_set_path: str, batch_size: int = 32) -> list[dict]:
+  """Scores every checkpoint kept in a training workdir: the learning curve on the eval set."""
+  from pcavs_jax.checkpoint import checkpoint_steps
+  rows = []
+  for step in checkpoint_steps(workdir):
+    report = evaluate_checkpoint(workdir, eval_set_path, batch_size, step=step)
+    rows.append({"step": step, **report["model"], **target_ratios(report["model"], report["baselines"])})
+  return rows
+
+
+def curve_table(rows: list[dict]) -> str:
+  keys = ("ssim", "psnr", "mouth_ratio", "pose_ratio", "identity_err", "lag")
+  lines = [f"{'step':>8s}" + "".join(f"{k:>13s}" for k in keys)]
+  lines += [f"{r['step']:8d}" + "".join(f"{r[k]:13.3f}" for k in keys) for r in rows]
+  return "\n".join(lines)
 
 
 def summary_table(report: dict) -> str:
@@ -66,24 +84,23 @@ def summary_table(report: dict) -> str:
     lines.append(f"{name:16s}" + "".join(f"{r.get(k, float('nan')):13.3f}" for k in keys))
   m, b = report["model"], report["baselines"]
   if "static_mouth" in b and "reference_pose" in b:
-    lines.append(f"mouth error / static-mouth baseline: {m['mouth_err'] / b['static_mouth']['mouth_err']:.1%}; "
-                 f"pose error / reference-pose baseline: {m['pose_err'] / b['reference_pose']['pose_err']:.1%}")
+    ratios = target_ratios(m, b)
+    lines.append(f"mouth error / static-mouth baseline: {ratios['mouth_ratio']:.1%}; "
+                 f"pose error / reference-pose baseline: {ratios['pose_ratio']:.1%}")
   return "\n".join(lines)
 
 
 def write_videos(generated: dict[str, np.ndarray], eval_set_path: str, out_dir: str) -> None:
-  """One mp4 per triple: reference | pose source | generated | truth, with C's audio."""
+  """One mp4 per triple with C's audio: the generate command's panel, the truth as last column."""
   from data_pipeline.synthtalk import crossdriven
+  from pcavs_jax.inference import eval_set_jobs, panel_frame
   from pcavs_jax.media import write_video
-  eval_set = crossdriven.load_eval_set(eval_set_path)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  for triple in eval_set.triples:
-    frames = generated[triple.triple_id]
-    t = len(frames)
-    side = np.concatenate([np.repeat(triple.reference_frames[:1], t, 0), triple.pose_frames[:t],
-                           frames, triple.truth_frames[:t]], axis=2)
-    write_video(out / f"{triple.triple_id}.mp4", side, audio=triple.audio)
+  for job in eval_set_jobs(crossdriven.load_eval_set(eval_set_path)):
+    frames = generated[job.name]
+    write_video(out / f"{job.name}.mp4", (panel_frame(job, f, t) for t, f in enumerate(frames)),
+                audio=job.wav)
 
 
 def register(subparsers) -> None:
@@ -93,10 +110,20 @@ def register(subparsers) -> None:
   p.add_argument("--eval-set", required=True, help="SynthTalk OUT/cross_driven/eval_set.npz")
   p.add_argument("--report", default=None, help="JSON report path (default: beside the checkpoint)")
   p.add_argument("--videos", default=None, help="also write each triple as mp4 (with C's audio) here")
+  p.add_argument("--all-steps", action="store_true",
+                 help="score every checkpoint kept in the workdir (the learning curve); the "
+                      "rows go to <workdir>/synthtalk_curve.jsonl")
   p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+  if args.all_steps:
+    rows = evaluate_steps(args.checkpoint, args.eval_set)
+    print(curve_table(rows))
+    path = pathlib.Path(args.report or pathlib.Path(args.checkpoint) / "synthtalk_curve.jsonl")
+    path.write_text("".join(json.dumps(r, default=float) + "\n" for r in rows))
+    print(f"curve: {path}")
+    return 0
   report = evaluate_checkpoint(args.checkpoint, args.eval_set)
   print(summary_table(report))
   generated = report.pop("generated")

@@ -558,6 +558,21 @@ class FrameDriver:
     args = jax.device_put((id_vector, id_map, mel, pose), self._sharded)
     return _jitted(self.model, "drive")(self.variables, *args)
 
+  def drive_job(self, job: PreparedJob) -> np.ndarray:
+    """Every frame of one prepared job, in memory: (T, R, R, 3) uint8.
+
+    The last batch is padded by repeating the final frame, so one compiled shape serves all.
+    """
+    id_vector, id_map = self.encode_identity(job.references)
+    n, t = self.batch_size, job.num_frames
+    ids = np.repeat(id_vector[None], n, 0), np.repeat(id_map[None], n, 0)
+    frames = []
+    for start in range(0, t, n):
+      idx = np.minimum(np.arange(start, start + n), t - 1)
+      pose = np.stack([job.pose_frame(int(i)) for i in idx])
+      frames.append(np.asarray(self.drive(*ids, job.windows[idx].astype(np.float32), pose))[:t - start])
+    return np.concatenate(frames)
+
 
 # ----------------------------------------------------------------------------------------------
 # Outputs

@@ -2,7 +2,8 @@
 
 One training example, built from one clip record:
 
-  target       (clip_len, R, R, 3) float32 in [-1, 1]: `clip_len` consecutive frames from t0.
+  target       (clip_len, R, R, 3) float32 in [-1, 1]: `clip_len` frames t0, t0 + clip_stride, ...
+               (consecutive with the default stride 1).
   reference    (num_inputs, R, R, 3): frames of the same identity from another time (below).
   pose_source  (clip_len, R, R, 3): the target under one random perspective warp and colour jitter
                (one draw per example, the same for all its frames), so that identity cannot leak
@@ -67,7 +68,11 @@ def data_config() -> ml_collections.ConfigDict:
   """Defaults of `config.data`, every key the pipeline reads.
 
   resolution: square output size (frames are resized from the record size; 224 official).
-  clip_len: consecutive target frames per example (1 for the image model).
+  clip_len: target frames per example (1 for the image model). Flattened into the batch by the
+    train step, so a clip's other frames are negatives of the contrastive sync loss: negatives
+    of the same face and voice, which only the mouth tells apart.
+  clip_stride: frames between a clip's targets (1: consecutive; larger strides give the sync
+    loss negatives whose mouths differ).
   num_inputs: reference frames per example.
   batch_size: global batch size over all devices of all hosts.
   split: record split to train on.
@@ -86,6 +91,7 @@ def data_config() -> ml_collections.ConfigDict:
   d = ml_collections.ConfigDict()
   d.resolution = 224
   d.clip_len = 1
+  d.clip_stride = 1
   d.num_inputs = 1
   d.batch_size = 16
   d.split = "train"
@@ -192,11 +198,12 @@ def mel_windows_tf(mel: tf.Tensor, frames: tf.Tensor) -> tf.Tensor:
   return tf.transpose(tf.gather(mel, idx), [0, 2, 1])
 
 
-def _pick_references(num_frames: tf.Tensor, t0: tf.Tensor, clip_len: int, num_inputs: int,
+def _pick_references(num_frames: tf.Tensor, t0: tf.Tensor, span: int, num_inputs: int,
                      min_gap: int, seed: tf.Tensor) -> tf.Tensor:
-  """`num_inputs` frame indices: far from the target first, then non-target, then any."""
+  """`num_inputs` frame indices: far from the targets' span [t0, t0 + span) first, then outside
+  it, then any."""
   j = tf.range(num_frames)
-  dist = tf.maximum(tf.maximum(t0 - j, j - (t0 + clip_len - 1)), 0)
+  dist = tf.maximum(tf.maximum(t0 - j, j - (t0 + span - 1)), 0)
   score = (tf.random.stateless_uniform([num_frames], seed)
            + tf.cast(dist >= tf.maximum(min_gap, 1), tf.float32) * 2.0
            + tf.cast(dist > 0, tf.float32))
@@ -213,11 +220,13 @@ def _sample(index: tf.Tensor, ex: dict[str, tf.Tensor], *, base_seed: tuple[int,
   n = cfg.samples_per_clip
   seeds = tf.random.experimental.stateless_split(seed, 3 * n)
   num_frames = tf.shape(ex["frames"])[0]
+  stride = cfg.get("clip_stride", 1)
+  span = (cfg.clip_len - 1) * stride + 1
   out = []
   for s in range(n):
-    t0 = tf.random.stateless_uniform([], seeds[3 * s], 0, num_frames - cfg.clip_len + 1, tf.int32)
-    frames = t0 + tf.range(cfg.clip_len)
-    refs = _pick_references(num_frames, t0, cfg.clip_len, cfg.num_inputs, cfg.reference_min_gap,
+    t0 = tf.random.stateless_uniform([], seeds[3 * s], 0, num_frames - span + 1, tf.int32)
+    frames = t0 + stride * tf.range(cfg.clip_len)
+    refs = _pick_references(num_frames, t0, span, cfg.num_inputs, cfg.reference_min_gap,
                             seeds[3 * s + 1])
     out.append({
         "clip_id": ex["clip_id"],
@@ -226,7 +235,7 @@ def _sample(index: tf.Tensor, ex: dict[str, tf.Tensor], *, base_seed: tuple[int,
         "target_jpeg": tf.gather(ex["frames"], frames),
         "reference_jpeg": tf.gather(ex["frames"], refs),
         "mel": mel_windows_tf(ex["mel"], frames),
-        "truth": {k: v[t0:t0 + cfg.clip_len] for k, v in ex["truth"].items()},
+        "truth": {k: tf.gather(v, frames) for k, v in ex["truth"].items()},
         "seed": seeds[3 * s + 2],
     })
   return tf.nest.map_structure(lambda *xs: tf.stack(xs), *out)
@@ -425,7 +434,7 @@ def create_train_dataset(config: ml_collections.ConfigDict, data_dir: str, *, se
 
   ds = host_records(files, pi, pc, shuffle_seed=base_seed[0])
   ds = ds.map(functools.partial(_parse, truth_spec=info["truth"]), num_parallel_calls=AUTOTUNE)
-  ds = ds.filter(lambda ex: tf.shape(ex["frames"])[0] >= cfg.clip_len)
+  ds = ds.filter(lambda ex: tf.shape(ex["frames"])[0] >= (cfg.clip_len - 1) * cfg.get("clip_stride", 1) + 1)
   ds = ds.enumerate().map(functools.partial(_sample, base_seed=base_seed, cfg=cfg),
                           num_parallel_calls=AUTOTUNE).unbatch()
   ds = ds.shuffle(cfg.shuffle_buffer, seed=base_seed[1])

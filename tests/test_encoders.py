@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pcavs_jax.convert import map_encoders
-from pcavs_jax.convert.layouts import KeyReader
+from pcavs_jax.convert.layouts import KeyReader, unread_keys
 from pcavs_jax.models.encoders import (AudioEncoder, IdentityEncoder, NonIdentityEncoder,
                                        adaptive_avg_pool_matrix, bilinear_matrix, hourglass_depth)
 
@@ -28,7 +28,7 @@ def _max_err(got, want) -> float:
 def _convert(official_weights, net, convert):
   reader = KeyReader(official_weights.state_dict(net))
   params, stats, unused = convert(reader)
-  assert map_encoders.unread_keys(reader, unused) == []
+  assert unread_keys(reader, unused) == []
   return {"params": params, "batch_stats": stats}, unused
 
 

@@ -89,6 +89,20 @@ def test_shapes_and_content(data_dir):
                                  atol=1e-6)
 
 
+def test_clip_stride(data_dir):
+  cfg = small_config(clip_len=3, clip_stride=5, num_inputs=1, reference_min_gap=2,
+                     augment_pose_source=False)
+  for b in take(cfg, data_dir, n=3):
+    n, t = decode_codes(b["target"])
+    np.testing.assert_array_equal(np.diff(t, axis=-1), 5)  # targets 5 frames apart
+    np.testing.assert_array_equal(t, b["truth"]["t"])
+    rn, rt = decode_codes(b["reference"])
+    own = rn == n[..., :1]
+    # Own-clip references stay outside the targets' span (and >= reference_min_gap from it).
+    far = (rt < t[..., :1] - 1) | (rt > t[..., -1:] + 1)
+    assert np.all(far[own])
+
+
 def test_references(data_dir):
   cfg = small_config(augment_pose_source=False)
   other = 0

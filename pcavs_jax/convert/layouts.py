@@ -1,7 +1,7 @@
 """PyTorch-to-Flax layout rules shared by the per-network key maps."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -67,3 +67,14 @@ class KeyReader:
     if self.has(key + ".num_batches_tracked"):
       self(key + ".num_batches_tracked")
     return params, stats
+
+
+def as_reader(sd: StateDict | KeyReader) -> KeyReader:
+  """`sd` itself when it is a KeyReader (so its caller sees what was read), else a new one."""
+  return sd if isinstance(sd, KeyReader) else KeyReader(sd)
+
+
+def unread_keys(reader: KeyReader, unused: Iterable[str] = ()) -> list[str]:
+  """Keys of the reader's state dict neither read nor declared unused (empty when complete)."""
+  unused = set(unused)
+  return sorted(k for k in reader.state_dict if k not in reader.used and k not in unused)

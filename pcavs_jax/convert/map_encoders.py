@@ -5,13 +5,11 @@ Each `convert_*` takes the official state dict {torch key: array} and returns
 `NonIdentityEncoder` or `AudioEncoder` (official sizes, width 1.0), and the official keys
 that deliberately have no counterpart. Every other key is read. Pass a `KeyReader`
 instead of the dict to see afterwards which keys were read (`reader.used`);
-`unread_keys` lists the keys that are neither read nor declared unused.
+`layouts.unread_keys` lists the keys that are neither read nor declared unused.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from pcavs_jax.convert.layouts import KeyReader, StateDict
+from pcavs_jax.convert.layouts import KeyReader, StateDict, as_reader
 
 Tree = dict
 Variables = tuple[Tree, Tree]
@@ -29,16 +27,6 @@ def _merge(out: Variables, name: str, sub: Variables) -> None:
     out[0][name] = params
   if stats:
     out[1][name] = stats
-
-
-def _reader(sd: StateDict | KeyReader) -> KeyReader:
-  return sd if isinstance(sd, KeyReader) else KeyReader(sd)
-
-
-def unread_keys(reader: KeyReader, unused: Iterable[str] = ()) -> list[str]:
-  """Keys of the reader's state dict neither read nor declared unused (empty when complete)."""
-  unused = set(unused)
-  return sorted(k for k in reader.state_dict if k not in reader.used and k not in unused)
 
 
 # ----------------------------------------------------------------------------- E_i
@@ -62,7 +50,7 @@ def _bottleneck(r: KeyReader, downsample: bool) -> Variables:
 
 def convert_identity_encoder(sd: StateDict | KeyReader) -> tuple[Tree, Tree, list[str]]:
   """Official `netV` (ResNeXt50) -> `IdentityEncoder` (params, batch_stats, unused)."""
-  r = _reader(sd)
+  r = as_reader(sd)
   m = r.sub("model.")
   out: Variables = ({}, {})
   out[0]["conv1"] = m.conv("conv1", bias=False)
@@ -128,7 +116,7 @@ def _relu_dense(r: KeyReader, key: str) -> Tree:
 
 def convert_nonidentity_encoder(sd: StateDict | KeyReader) -> tuple[Tree, Tree, list[str]]:
   """Official `netE` (FanEncoder) -> `NonIdentityEncoder` (params, batch_stats, unused)."""
-  r = _reader(sd)
+  r = as_reader(sd)
   out: Variables = ({}, {})
   _merge(out, "fan", _fan(r.sub("model.")))
   for name in ("classifier", "to_mouth", "to_headpose"):
@@ -149,7 +137,7 @@ def _se_block(r: KeyReader, downsample: bool) -> Variables:
 
 def convert_audio_encoder(sd: StateDict | KeyReader) -> tuple[Tree, Tree, list[str]]:
   """Official `netA_sync` (ResSESyncEncoder) -> `AudioEncoder` (params, batch_stats, unused)."""
-  r = _reader(sd)
+  r = as_reader(sd)
   m = r.sub("model.")
   trunk: Variables = ({}, {})
   trunk[0]["conv1"] = m.conv("conv1")

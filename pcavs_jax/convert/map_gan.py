@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcavs_jax.convert.layouts import KeyReader, StateDict, conv_kernel, linear_kernel
+from pcavs_jax.convert.layouts import (KeyReader, StateDict, as_reader, conv_kernel, linear_kernel,
+                                      unread_keys)
 from pcavs_jax.models import generator as gen
 
 Params = dict[str, Any]
@@ -63,7 +64,7 @@ def _check_shapes(params: Params, expected: Params, what: str) -> None:
                      f"(path, shape): {diff}")
 
 
-def convert_generator(state_dict: StateDict, resolution: int = 224,
+def convert_generator(state_dict: StateDict | KeyReader, resolution: int = 224,
                       width: float = 1.0) -> tuple[Params, list[str]]:
   """Official netG state dict -> `Generator` params.
 
@@ -81,7 +82,8 @@ def convert_generator(state_dict: StateDict, resolution: int = 224,
     ValueError: a stored FIR kernel differs from outer([1,3,3,1]) / 64 * 4, an official key is
       not understood, or the shapes do not fit the configuration.
   """
-  r = KeyReader(state_dict)
+  r = as_reader(state_dict)
+  state_dict = r.state_dict
   unused = []
   fir = gen.blur_kernel(4.0)
   for key in state_dict:
@@ -100,7 +102,7 @@ def convert_generator(state_dict: StateDict, resolution: int = 224,
     params[f"convs_{2 * i + 1}"] = _styled_conv(r, f"convs.{2 * i + 1}")
     params[f"to_rgbs_{i}"] = _to_rgb(r, f"to_rgbs.{i}")
 
-  extra = sorted(set(state_dict) - r.used - set(unused))
+  extra = unread_keys(r, unused)
   if extra:
     raise ValueError(f"official G keys not understood (wrong resolution?): {extra[:8]}")
 
@@ -114,7 +116,7 @@ def convert_generator(state_dict: StateDict, resolution: int = 224,
   return params, sorted(unused)
 
 
-def convert_discriminator(state_dict: StateDict) -> tuple[Params, Params]:
+def convert_discriminator(state_dict: StateDict | KeyReader) -> tuple[Params, Params]:
   """Official netD state dict -> `MultiscaleDiscriminator` (params, batch_stats).
 
   The number of scales and layers is read from the keys (`discriminator_{s}.model{n}`).
@@ -124,9 +126,10 @@ def convert_discriminator(state_dict: StateDict) -> tuple[Params, Params]:
     KeyError: an expected tensor is missing.
     ValueError: keys that do not fit the PatchGAN layout.
   """
+  r = as_reader(state_dict)
+  state_dict = r.state_dict
   scales = sorted({int(m.group(1)) for k in state_dict
                    if (m := re.match(r"^discriminator_(\d+)\.", k))})
-  r = KeyReader(state_dict)
   params: Params = {}
   stats: Params = {}
   for s in scales:
@@ -153,7 +156,7 @@ def convert_discriminator(state_dict: StateDict) -> tuple[Params, Params]:
     params[f"discriminator_{s}"] = p
     stats[f"discriminator_{s}"] = st
 
-  extra = sorted(set(state_dict) - r.used)
+  extra = unread_keys(r)
   if extra:
     raise ValueError(f"official D keys not understood: {extra[:8]}")
   return params, stats

@@ -12,6 +12,7 @@ import numpy as np
 from pcavs_jax.convert.map_encoders import (convert_audio_encoder, convert_identity_encoder,
                                             convert_nonidentity_encoder)
 from pcavs_jax.convert.map_gan import convert_discriminator, convert_generator
+from pcavs_jax.convert.layouts import KeyReader, unread_keys
 from pcavs_jax.convert.torch_pickle import load_state_dict
 
 # Official checkpoint file name -> the role it plays here.
@@ -144,23 +145,12 @@ def convert_official(directory: str | os.PathLike, model_config, epoch: str | No
   return variables, d_variables, report
 
 
-class _TrackedStateDict(dict):
-  """A state dict that remembers which keys the key maps read."""
-
-  def __init__(self, *args, **kwargs):
-    super().__init__(*args, **kwargs)
-    self.read: set[str] = set()
-
-  def __getitem__(self, key):
-    self.read.add(key)
-    return super().__getitem__(key)
+def _load(path: str) -> KeyReader:
+  """The file's state dict behind a reader that remembers which keys the key maps read."""
+  return KeyReader(load_state_dict(path))
 
 
-def _load(path: str) -> _TrackedStateDict:
-  return _TrackedStateDict(load_state_dict(path))
-
-
-def _record_keys(net: str, sd: _TrackedStateDict, unused, report: ConversionReport) -> None:
+def _record_keys(net: str, reader: KeyReader, unused, report: ConversionReport) -> None:
   """Unexpected = keys neither read by the key map nor listed as deliberately unused."""
   report.unused[net] = sorted(unused)
-  report.unexpected[net] = sorted(set(sd) - sd.read - set(unused))
+  report.unexpected[net] = unread_keys(reader, unused)
