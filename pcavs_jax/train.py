@@ -23,7 +23,8 @@ from flax import jax_utils
 
 from pcavs_jax import train_steps
 from pcavs_jax.models.pcavs import build_discriminator, build_model
-from pcavs_jax.train_state import GANTrainState, create_train_state, learning_rate_schedules
+from pcavs_jax.train_state import (GANTrainState, create_train_state, learning_rate_schedules,
+                                   stage_at, stage_schedule)
 
 from pcavs_jax.checkpoint import TRAIN_CHECKPOINT_DIR as CHECKPOINT_DIR
 
@@ -73,8 +74,9 @@ def maybe_initialize_distributed(config) -> None:
     jax.distributed.initialize()
 
 
-def initial_state(config, model, discriminator) -> GANTrainState:
-  """A fresh state at step 0 (on the host's CPU), optionally from a pretrained checkpoint."""
+def initial_state(config, model, discriminator, stage: str | None = None) -> GANTrainState:
+  """A fresh state at step 0 (on the host's CPU) with the optimisers of `stage` (default
+  config.train.stage), optionally from a pretrained checkpoint."""
   rng = jax.random.key(config.seed)
   init_rng, d_rng, state_rng = jax.random.split(rng, 3)
   r = config.model.resolution
@@ -89,7 +91,16 @@ def initial_state(config, model, discriminator) -> GANTrainState:
     stats = {"g": dict(variables.get("batch_stats", {})), "d": dict(d_variables.get("batch_stats", {}))}
     if config.get("init_checkpoint"):
       g_params, stats["g"] = _load_init(config.init_checkpoint, g_params, stats["g"])
-    return create_train_state(g_params, d_variables["params"], stats, config, rng=state_rng)
+    return create_train_state(g_params, d_variables["params"], stats, config, stage=stage,
+                              rng=state_rng)
+
+
+def switch_stage(state: GANTrainState, config, stage: str) -> GANTrainState:
+  """The state carried into `stage`: same step, parameters, statistics and rng; the stage's
+  optimisers with fresh states (as the paper's stages are separate trainings)."""
+  fresh = create_train_state(state.g_params, state.d_params, state.batch_stats, config,
+                             stage=stage, rng=state.rng)
+  return fresh.replace(step=state.step)
 
 
 def _load_init(path: str, g_params, g_stats):
@@ -191,8 +202,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANTr
   model = build_model(config.model).clone(bn_axis_name=train_steps.AXIS)
   eval_model = build_model(config.model)
   discriminator = build_discriminator(config.model)
-  state = initial_state(config, model, discriminator)
+  schedule = stage_schedule(config)
   manager = checkpoint_manager(workdir, config)
+  # A checkpoint holds the optimiser states of the stage its step belongs to (a state is
+  # switched to the next stage before the boundary step's checkpoint is written).
+  stage = stage_at(schedule, manager.latest_step() or 0)
+  state = initial_state(config, model, discriminator, stage)
   if manager.latest_step() is not None:
     state = restore_checkpoint(manager, state)
     logging.info("resumed from %s at step %d", manager.directory, int(state.step))
@@ -210,10 +225,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANTr
   else:
     logging.info("VGG19 perceptual loss off: no config.vgg_weights given")
 
-  step_fn = jax.pmap(
-      functools.partial(train_steps.train_step, model=model, discriminator=discriminator,
-                        config=config),
-      axis_name=train_steps.AXIS, donate_argnums=(0,))
+  def make_step_fn(stage: str):
+    return jax.pmap(
+        functools.partial(train_steps.train_step, model=model, discriminator=discriminator,
+                          config=config, stage=stage),
+        axis_name=train_steps.AXIS, donate_argnums=(0,))
+
+  step_fn = make_step_fn(stage)
+  if len(schedule) > 1:
+    logging.info("stage schedule %s; starting in stage %r at step %d", schedule, stage, start_step)
   sample_fn = jax.pmap(functools.partial(train_steps.sample_step, model=eval_model),
                        axis_name=train_steps.AXIS)
   data = train_batches(config, start_step)
@@ -261,6 +281,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANTr
         samples = jax.device_get(jax.tree.map(
             lambda x: x[0], sample_fn(rstate.g_params, rstate.batch_stats["g"], batch)))
         writer.write_images(step, {"reference|pose|generated|target": _image_grid(samples)[None]})
+      if stage_at(schedule, step) != stage:
+        stage = stage_at(schedule, step)
+        logging.info("step %d: stage %r begins", step, stage)
+        rstate = jax_utils.replicate(switch_stage(jax_utils.unreplicate(rstate), config, stage))
+        step_fn = make_step_fn(stage)
       out_of_time = deadline is not None and time.time() > deadline
       if (step % config.checkpoint_every == 0 or step == total or stop.received or out_of_time):
         if m is None:  # never write a state whose losses were not checked

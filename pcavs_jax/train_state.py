@@ -48,6 +48,8 @@ def train_config() -> ml_collections.ConfigDict:
   """Default `config.train` fields read by this module."""
   t = ml_collections.ConfigDict()
   t.stage = "full"              # 'identity' | 'sync' | 'full'
+  t.schedule = ""               # stages in sequence, e.g. 'identity:1000,sync:500,full' (steps
+                                # per stage; the last runs to the end); '' = `stage` throughout
   t.lr = 1e-3
   t.beta1 = 0.0
   t.beta2 = 0.9
@@ -61,6 +63,46 @@ def train_config() -> ml_collections.ConfigDict:
   t.final_lr_fraction = 0.0
   t.noise_injection = True      # G's per-pixel noise (off: deterministic generator in training)
   return t
+
+
+def stage_schedule(config: ml_collections.ConfigDict) -> list[tuple[str, int]]:
+  """The run's stages as [(stage, first step)], from `config.train.schedule`.
+
+  'identity:1000,sync:500,full' -> [('identity', 0), ('sync', 1000), ('full', 1500)]. Each stage
+  starts with fresh optimiser states and carries every parameter and statistic over.
+
+  Raises:
+    ValueError: an unknown stage, a non-positive step count, or a count on the last stage.
+  """
+  t = _train_fields(config)
+  text = t.get("schedule", "") or ""
+  if not text.strip():
+    return [(t.stage, 0)]
+  out, start = [], 0
+  items = [x.strip() for x in text.split(",")]
+  for i, item in enumerate(items):
+    name, _, count = item.partition(":")
+    if name not in STAGES:
+      raise ValueError(f"config.train.schedule {text!r}: unknown stage {name!r} (known: {STAGES})")
+    last = i == len(items) - 1
+    if last and count:
+      raise ValueError(f"config.train.schedule {text!r}: the last stage runs to the end; "
+                       f"drop its step count ({item!r})")
+    if not last and (not count.isdigit() or int(count) <= 0):
+      raise ValueError(f"config.train.schedule {text!r}: {item!r} needs a positive step count "
+                       f"('stage:steps')")
+    out.append((name, start))
+    start += int(count or 0)
+  return out
+
+
+def stage_at(schedule: Sequence[tuple[str, int]], step: int) -> str:
+  """The stage that step `step` (0-based: the step taken from state.step == step) belongs to."""
+  current = schedule[0][0]
+  for name, start in schedule:
+    if step >= start:
+      current = name
+  return current
 
 
 def _train_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -108,9 +108,13 @@ def _split_scales(d_out, b: int):
 
 
 def train_step(state: GANTrainState, batch: Batch, *, model, discriminator, config,
-               vgg_params=None) -> tuple[GANTrainState, dict[str, jax.Array]]:
-  """One D update then one G-side update; returns the new state and pmean-ed scalar metrics."""
-  stage = config.train.stage
+               stage: str | None = None, vgg_params=None
+               ) -> tuple[GANTrainState, dict[str, jax.Array]]:
+  """One D update then one G-side update; returns the new state and pmean-ed scalar metrics.
+
+  `stage` defaults to config.train.stage; the state's optimisers must be that stage's.
+  """
+  stage = stage or config.train.stage
   batch = _flatten_clip(batch)
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(AXIS))
   g_rng, d_rng = jax.random.split(rng)

@@ -131,3 +131,23 @@ def test_sigterm_saves_and_exits(records, tmp_path):
   steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
   assert steps and 0 < max(steps) < 100000, out[-2000:]
   assert events.exists()
+
+
+def test_stage_schedule_switches_and_resumes_across_the_boundary(records, tmp_path):
+  """identity for 2 steps, then full: E_i alone trains first; a run stopped at the boundary and
+  resumed ends with the parameters of an uninterrupted run."""
+  staged = dict(**{"train.schedule": "identity:2,full"})
+  init = train.initial_state(tiny_config(records, 3), *_networks(records))
+  whole = train.train_and_evaluate(tiny_config(records, 3, **staged), str(tmp_path / "whole"))
+  half = train.train_and_evaluate(tiny_config(records, 2, **staged), str(tmp_path / "split"))
+  resumed = train.train_and_evaluate(tiny_config(records, 3, **staged), str(tmp_path / "split"))
+  rows = history(tmp_path / "whole")
+  assert [("d_loss" in r) for r in rows] == [False, False, True]
+  assert "identity_ce" in rows[0] and "sync_l1" not in rows[0] and "sync_l1" in rows[2]
+  for network in init.g_params:
+    same = jax.tree.leaves(jax.tree.map(
+        lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
+        init.g_params[network], half.g_params[network]))
+    assert all(same) != (network == "identity_encoder"), network
+  for a, b in zip(jax.tree.leaves(whole.g_params), jax.tree.leaves(resumed.g_params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)

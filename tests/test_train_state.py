@@ -160,3 +160,22 @@ def test_gradient_norms_per_network():
   # generator: one 2x2 kernel and one bias of ones -> sqrt(6)
   assert float(norms["generator"]) == pytest.approx(np.sqrt(6.0))
   assert float(norms["nonidentity_encoder"]) == pytest.approx(np.sqrt(24.0))
+
+
+def test_stage_schedule_parsing():
+  cfg = ts.train_config()
+  assert ts.stage_schedule(cfg) == [("full", 0)]
+  cfg.stage = "sync"
+  assert ts.stage_schedule(cfg) == [("sync", 0)]
+  cfg.schedule = "identity:1000, sync:500, full"
+  schedule = ts.stage_schedule(cfg)
+  assert schedule == [("identity", 0), ("sync", 1000), ("full", 1500)]
+  assert [ts.stage_at(schedule, s) for s in (0, 999, 1000, 1499, 1500, 10**6)] == [
+      "identity", "identity", "sync", "sync", "full", "full"]
+  for bad, match in (("identity:10,gan", "unknown stage 'gan'"),
+                     ("identity,full", "needs a positive step count"),
+                     ("identity:0,full", "needs a positive step count"),
+                     ("identity:10,full:5", "last stage runs to the end")):
+    cfg.schedule = bad
+    with pytest.raises(ValueError, match=match):
+      ts.stage_schedule(cfg)
