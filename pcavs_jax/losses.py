@@ -103,9 +103,12 @@ def feature_matching_loss(fake: DOutput, real: DOutput, lambda_feat: float = 10.
 
 
 def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
-  """x / max(||x||, eps) along the last axis (torch `F.normalize`)."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
-  return x / jnp.maximum(norm, eps)
+  """x / max(||x||, eps) along the last axis (torch `F.normalize`).
+
+  The clamp sits under the square root (same values): the gradient of sqrt at an all-zero row
+  (a ReLU mouth feature can be one) would otherwise be 0 * inf = NaN.
+  """
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), eps * eps))
 
 
 def pairwise_inverse_distance(x: Array, y: Array, eps: float = 1e-12) -> Array:

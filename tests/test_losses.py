@@ -131,6 +131,15 @@ def test_contrastive_prefers_matched_pairs_and_stays_finite():
   assert float(loss(x, shuffled)) > 1.0
   grads = jax.jit(jax.grad(losses.softmax_contrastive_loss, argnums=1))(x, x)  # coincident
   assert bool(jnp.all(jnp.isfinite(grads)))
+  # An all-zero feature row (a ReLU mouth feature of a fresh E_n can be one) keeps gradients
+  # finite in both directions, and normalises like torch's F.normalize (to zero).
+  zero_row = x.at[2].set(0.0)
+  for argnums in (0, 1):
+    grads = jax.jit(jax.grad(losses.softmax_contrastive_loss, argnums=argnums))(zero_row, x)
+    assert bool(jnp.all(jnp.isfinite(grads))), argnums
+  normalised = losses.l2_normalize(zero_row)
+  assert float(jnp.abs(normalised[2]).max()) == 0.0
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(normalised)[[0, 1, 3, 4]], axis=-1), 1.0, rtol=1e-6)
 
 
 def test_uniform_and_cross_entropy_limits():
