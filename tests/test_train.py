@@ -151,3 +151,22 @@ def test_stage_schedule_switches_and_resumes_across_the_boundary(records, tmp_pa
     assert all(same) != (network == "identity_encoder"), network
   for a, b in zip(jax.tree.leaves(whole.g_params), jax.tree.leaves(resumed.g_params)):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice")  # barely trained: little to analyse
+def test_synthtalk_curve_scores_every_kept_checkpoint(runs, tmp_path):
+  from data_pipeline.synthtalk import crossdriven
+  from data_pipeline.synthtalk import generate as st_generate
+  from pcavs_jax import cross_driven
+  clips = list(st_generate.generate_clips(0, [0, 1, 2], 1, 12, 64))
+  es_path = crossdriven.save_eval_set(crossdriven.build_eval_set(clips, 2),
+                                      tmp_path / "cross_driven" / "eval_set.npz")
+  rows = cross_driven.evaluate_steps(str(runs["whole"]), str(es_path), batch_size=4)
+  assert [r["step"] for r in rows] == [2, 4]
+  latest = cross_driven.evaluate_checkpoint(str(runs["whole"]), str(es_path), batch_size=4)
+  assert rows[-1]["ssim"] == latest["model"]["ssim"]
+  assert rows[0]["ssim"] != rows[1]["ssim"]  # different parameters, different frames
+  assert set(latest["generated"]) == {"x000", "x001"}
+  assert latest["generated"]["x000"].shape == (12, 64, 64, 3)
+  assert all({"mouth_ratio", "pose_ratio", "lag"} <= set(r) for r in rows)
+  assert "mouth_ratio" in cross_driven.curve_table(rows)
