@@ -133,6 +133,7 @@ def test_sigterm_saves_and_exits(records, tmp_path):
   assert events.exists()
 
 
+@pytest.mark.slow  # ~6 min on 2 cores: six train-step compiles (identity and full, three runs)
 def test_stage_schedule_switches_and_resumes_across_the_boundary(records, tmp_path):
   """identity for 2 steps, then full: E_i alone trains first; a run stopped at the boundary and
   resumed ends with the parameters of an uninterrupted run."""
