@@ -206,9 +206,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANTr
   manager = checkpoint_manager(workdir, config)
   # A checkpoint holds the optimiser states of the stage its step belongs to (a state is
   # switched to the next stage before the boundary step's checkpoint is written).
-  stage = stage_at(schedule, manager.latest_step() or 0)
+  latest = manager.latest_step()
+  stage = stage_at(schedule, latest or 0)
   state = initial_state(config, model, discriminator, stage)
-  if manager.latest_step() is not None:
+  if latest is not None:
     state = restore_checkpoint(manager, state)
     logging.info("resumed from %s at step %d", manager.directory, int(state.step))
   start_step = int(state.step)
@@ -281,8 +282,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANTr
         samples = jax.device_get(jax.tree.map(
             lambda x: x[0], sample_fn(rstate.g_params, rstate.batch_stats["g"], batch)))
         writer.write_images(step, {"reference|pose|generated|target": _image_grid(samples)[None]})
-      if stage_at(schedule, step) != stage:
-        stage = stage_at(schedule, step)
+      if (next_stage := stage_at(schedule, step)) != stage:
+        stage = next_stage
         logging.info("step %d: stage %r begins", step, stage)
         rstate = jax_utils.replicate(switch_stage(jax_utils.unreplicate(rstate), config, stage))
         step_fn = make_step_fn(stage)
