@@ -84,9 +84,9 @@ def initial_state(config, model, discriminator, stage: str | None = None) -> GAN
   mel = jnp.zeros((1, 80, 20), jnp.float32)
   cpu = jax.local_devices(backend="cpu")[0]
   with jax.default_device(cpu):
-    variables = jax.jit(functools.partial(model.init, train=False))(
+    variables = _jitted_init(model)(
         {"params": init_rng, "dropout": init_rng, "noise": init_rng}, image, mel, image)
-    d_variables = jax.jit(discriminator.init)(d_rng, image)
+    d_variables = _jitted_init(discriminator)(d_rng, image)
     g_params = variables["params"]
     stats = {"g": dict(variables.get("batch_stats", {})), "d": dict(d_variables.get("batch_stats", {}))}
     if config.get("init_checkpoint"):
@@ -180,6 +180,39 @@ def _image_grid(samples: dict[str, np.ndarray], max_rows: int = 4) -> np.ndarray
   return np.clip((grid + 1) * 127.5, 0, 255).astype(np.uint8)
 
 
+def pmapped_train_step(model, discriminator, config: ml_collections.ConfigDict, stage: str):
+  """`train_steps.train_step` of `stage` under `jax.pmap`, donating the state.
+
+  The step reads only `config.loss` and `config.train.noise_injection`; runs in one process whose
+  networks and those fields are equal share one pmapped function and so one compilation.
+  """
+  step_config = ml_collections.FrozenConfigDict({
+      "loss": config.loss,
+      "train": {"stage": stage, "noise_injection": config.train.get("noise_injection", True)}})
+  return _pmapped_train_step(model, discriminator, step_config, stage)
+
+
+@functools.lru_cache(maxsize=16)
+def _pmapped_train_step(model, discriminator, step_config: ml_collections.FrozenConfigDict,
+                        stage: str):
+  return jax.pmap(
+      functools.partial(train_steps.train_step, model=model, discriminator=discriminator,
+                        config=step_config, stage=stage),
+      axis_name=train_steps.AXIS, donate_argnums=(0,))
+
+
+@functools.lru_cache(maxsize=16)
+def _pmapped_sample_step(model):
+  return jax.pmap(functools.partial(train_steps.sample_step, model=model),
+                  axis_name=train_steps.AXIS)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_init(module):
+  """`module.init` in eval mode, jitted once per network configuration."""
+  return jax.jit(functools.partial(module.init, train=False))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANTrainState:
   """Trains PC-AVS as `config` says, resuming from `workdir` if it holds a checkpoint.
 
@@ -226,17 +259,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANTr
   else:
     logging.info("VGG19 perceptual loss off: no config.vgg_weights given")
 
-  def make_step_fn(stage: str):
-    return jax.pmap(
-        functools.partial(train_steps.train_step, model=model, discriminator=discriminator,
-                          config=config, stage=stage),
-        axis_name=train_steps.AXIS, donate_argnums=(0,))
-
+  make_step_fn = lambda stage: pmapped_train_step(model, discriminator, config, stage)
   step_fn = make_step_fn(stage)
   if len(schedule) > 1:
     logging.info("stage schedule %s; starting in stage %r at step %d", schedule, stage, start_step)
-  sample_fn = jax.pmap(functools.partial(train_steps.sample_step, model=eval_model),
-                       axis_name=train_steps.AXIS)
+  sample_fn = _pmapped_sample_step(eval_model)
   data = train_batches(config, start_step)
   rstate = jax_utils.replicate(state)
   del state

@@ -19,6 +19,7 @@ are exactly zero and they carry no optimiser state.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -207,13 +208,24 @@ def make_optimizers(config: ml_collections.ConfigDict, stage: str | None = None,
   Returns:
     dict(generator=tx, discriminator=tx). The generator tx expects g_params keyed by network;
     frozen sub-trees get zero updates. In stages that do not train D its tx is `set_to_zero`.
+    Equal train configs give the same transformation objects: they are static fields of
+    `GANTrainState`, so a second run in one process reuses the compiled train step.
   """
   t = _train_fields(config)
   stage = stage or t.stage
   if stage not in STAGES:
     raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
-  schedules = learning_rate_schedules(t)
   patterns = STAGE_TRAINABLE[stage] if trainable is None else tuple(map(tuple, trainable))
+  # Which stage runs comes from the arguments; the rest of `t` defines the optimisers.
+  fields = {k: v for k, v in t.items() if k not in ("stage", "schedule")}
+  return dict(_optimizers(ml_collections.FrozenConfigDict(fields), stage, patterns))
+
+
+@functools.lru_cache(maxsize=64)
+def _optimizers(t: ml_collections.FrozenConfigDict, stage: str,
+                patterns: tuple[tuple[str, ...], ...] | None
+                ) -> dict[str, optax.GradientTransformation]:
+  schedules = learning_rate_schedules(t)
 
   g_base = _g_optimizer(t, schedules["generator"])
   if patterns is None:

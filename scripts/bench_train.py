@@ -33,7 +33,6 @@ def main() -> None:
   if args.devices > 1:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + f" --xla_force_host_platform_device_count={args.devices}")
-  import functools
 
   import jax
   import numpy as np
@@ -59,8 +58,7 @@ def main() -> None:
   model = build_model(config.model).clone(bn_axis_name=train_steps.AXIS)
   disc = build_discriminator(config.model)
   state = jax_utils.replicate(train.initial_state(config, model, disc))
-  step = jax.pmap(functools.partial(train_steps.train_step, model=model, discriminator=disc,
-                                    config=config), axis_name=train_steps.AXIS, donate_argnums=(0,))
+  step = train.pmapped_train_step(model, disc, config, config.train.stage)
   r, per = config.model.resolution, bs // n
   rng = np.random.default_rng(0)
   image = lambda *s: rng.uniform(-1, 1, (n, per) + s + (r, r, 3)).astype(np.float32)

@@ -50,8 +50,6 @@ def _checksums(params) -> dict[str, float]:
 
 
 def run_steps(devices: int) -> dict:
-  import functools
-
   import jax
   import numpy as np
   from flax import jax_utils
@@ -62,8 +60,7 @@ def run_steps(devices: int) -> dict:
   model = build_model(config.model).clone(bn_axis_name=train_steps.AXIS)
   disc = build_discriminator(config.model)
   state = jax_utils.replicate(train.initial_state(config, model, disc))
-  step = jax.pmap(functools.partial(train_steps.train_step, model=model, discriminator=disc,
-                                    config=config), axis_name=train_steps.AXIS)
+  step = train.pmapped_train_step(model, disc, config, config.train.stage)
   rng = np.random.default_rng(0)
   r, b = config.model.resolution, config.data.batch_size
   batch = {"target": rng.uniform(-1, 1, (b, 1, r, r, 3)), "pose_source": rng.uniform(-1, 1, (b, 1, r, r, 3)),
