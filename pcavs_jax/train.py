@@ -183,26 +183,27 @@ def _image_grid(samples: dict[str, np.ndarray], max_rows: int = 4) -> np.ndarray
 def pmapped_train_step(model, discriminator, config: ml_collections.ConfigDict, stage: str):
   """`train_steps.train_step` of `stage` under `jax.pmap`, donating the state.
 
-  The step reads only `config.loss` and `config.train.noise_injection`; runs in one process whose
-  networks and those fields are equal share one pmapped function and so one compilation.
+  The step reads only `config.loss` and `config.train.noise_injection`. Calls in one process with
+  equal networks and equal values of those fields get the same pmapped function, so the step
+  compiles once.
   """
   step_config = ml_collections.FrozenConfigDict({
       "loss": config.loss,
       "train": {"stage": stage, "noise_injection": config.train.get("noise_injection", True)}})
-  return _pmapped_train_step(model, discriminator, step_config, stage)
+  return _pmapped_train_step(model, discriminator, step_config)
 
 
 @functools.lru_cache(maxsize=16)
-def _pmapped_train_step(model, discriminator, step_config: ml_collections.FrozenConfigDict,
-                        stage: str):
+def _pmapped_train_step(model, discriminator, step_config: ml_collections.FrozenConfigDict):
   return jax.pmap(
       functools.partial(train_steps.train_step, model=model, discriminator=discriminator,
-                        config=step_config, stage=stage),
+                        config=step_config),
       axis_name=train_steps.AXIS, donate_argnums=(0,))
 
 
 @functools.lru_cache(maxsize=16)
 def _pmapped_sample_step(model):
+  """`train_steps.sample_step` under `jax.pmap`, built once per network."""
   return jax.pmap(functools.partial(train_steps.sample_step, model=model),
                   axis_name=train_steps.AXIS)
 
