@@ -8,7 +8,8 @@ import pytest
 
 from pcavs_jax.convert import map_encoders
 from pcavs_jax.convert.layouts import KeyReader, unread_keys
-from pcavs_jax.models.encoders import (AudioEncoder, IdentityEncoder, NonIdentityEncoder,
+from pcavs_jax.models.encoders import (LUMA_WEIGHTS, AudioEncoder, IdentityEncoder,
+                                       NonIdentityEncoder,
                                        adaptive_avg_pool_matrix, bilinear_matrix, hourglass_depth)
 
 PARITY_ATOL = 1e-4
@@ -137,6 +138,21 @@ def test_small_nonidentity_encoder_shapes(resolution):
   scores = jax.eval_shape(lambda v, p: model.apply(v, p, method=model.classify_pose),
                           variables, jnp.zeros((2, 24)))
   assert scores.shape == (2, 16)
+
+
+def test_grayscale_nonidentity_encoder_reads_luminance_only():
+  rng = np.random.default_rng(0)
+  frames = rng.uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
+  # A chroma change that keeps every pixel's luminance: move along a direction orthogonal to
+  # the luma weights.
+  chroma = np.cross(np.asarray(LUMA_WEIGHTS), [1.0, 0.0, 0.0]).astype(np.float32)
+  recoloured = frames + 0.3 * chroma
+  color = NonIdentityEncoder(resolution=64, **_SMALL_E)
+  variables = _random_variables(color, frames)
+  gray = color.clone(grayscale=True)
+  codes = lambda model, x: np.asarray(model.apply(variables, x)["pose_code"])
+  np.testing.assert_allclose(codes(gray, recoloured), codes(gray, frames), atol=1e-5)
+  assert np.abs(codes(color, recoloured) - codes(color, frames)).max() > 1e-3
 
 
 def test_small_audio_encoder_shapes():

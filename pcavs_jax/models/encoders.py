@@ -325,6 +325,10 @@ class FAN(nn.Module):
     return _dense(self.feature_dim, self.dtype, "fc")(x)
 
 
+# ITU-R BT.601 luma weights of (R, G, B).
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
 class NonIdentityEncoder(nn.Module):
   """E_n, the non-identity encoder (official `netE`, `fan`) with its mouth / head-pose heads.
 
@@ -341,6 +345,8 @@ class NonIdentityEncoder(nn.Module):
     resolution: input side; the trunk's final linear layer takes (resolution / 8)^2 inputs.
       Below 64 px the hourglass has fewer than 4 levels (3 at 56 px), see `hourglass_depth`.
     hourglass_dropout: dropout on the hourglass's upper branches in training (0.5 official).
+    grayscale: read only the luminance of the frames (off officially), so colours, which belong
+      to the identity, cannot pass into the pose code or the mouth feature.
     dtype: compute dtype.
     bn_axis_name: axis over which BatchNorm statistics are averaged.
   """
@@ -353,6 +359,7 @@ class NonIdentityEncoder(nn.Module):
   clip_len: int = 1
   resolution: int = 224
   hourglass_dropout: float = 0.5
+  grayscale: bool = False
   dtype: Dtype = jnp.float32
   bn_axis_name: str | None = None
 
@@ -375,6 +382,9 @@ class NonIdentityEncoder(nn.Module):
       # The trunk's last linear layer is sized by the resolution.
       raise ValueError(f"E_n expects {self.resolution}x{self.resolution} images, "
                        f"got {images.shape}")
+    if self.grayscale:
+      luma = images @ jnp.asarray(LUMA_WEIGHTS, images.dtype)
+      images = jnp.repeat(luma[..., None], 3, axis=-1)
     return self.fan(images, train)
 
   def __call__(self, images: Array, train: bool = False) -> dict[str, Array]:

@@ -38,6 +38,7 @@ class PCAVS(nn.Module):
     audio_mouth_weight: audio mouth features are scaled by this at inference (1.2 official).
     hourglass_dropout: E_n's hourglass dropout in training (0.5 official).
     fixed_pose: ablation: the generator receives a zero pose code, so no pose is controllable.
+    pose_grayscale: E_n reads the pose source's luminance only (off officially).
     dtype: compute dtype; parameters stay float32.
     bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training.
   """
@@ -51,6 +52,7 @@ class PCAVS(nn.Module):
   audio_mouth_weight: float = 1.2
   hourglass_dropout: float = 0.5
   fixed_pose: bool = False
+  pose_grayscale: bool = False
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
 
@@ -63,7 +65,8 @@ class PCAVS(nn.Module):
     self.nonidentity_encoder = NonIdentityEncoder(
         width=self.width, feature_dim=self.feature_dim, mouth_dim=self.mouth_dim,
         pose_dim=self.pose_dim, num_classes=self.num_classes, clip_len=self.clip_len,
-        resolution=self.resolution, hourglass_dropout=self.hourglass_dropout, dtype=self.dtype,
+        resolution=self.resolution, hourglass_dropout=self.hourglass_dropout,
+        grayscale=self.pose_grayscale, dtype=self.dtype,
         bn_axis_name=self.bn_axis_name)
     self.audio_encoder = AudioEncoder(
         width=self.width, feature_dim=self.feature_dim, num_classes=self.num_classes,
