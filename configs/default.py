@@ -20,6 +20,7 @@ def model_config(resolution: int = 224, width: float = 1.0) -> ml_collections.Co
   m.audio_mouth_weight = 1.2       # official inference scales the audio mouth feature
   m.hourglass_dropout = 0.5        # E_n hourglass dropout in training
   m.fixed_pose = False             # ablation: zero pose code
+  m.pose_grayscale = False         # E_n reads luminance only (not in the paper)
   m.d_scales = 2
   m.d_layers = 4
   m.d_channels = 64
@@ -91,6 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.d_channels = 16
     config.data.batch_size = 4
     config.data.shuffle_buffer = 16
+    config.train.ema_decay = 0.99     # so smoke runs carry (and tests check) the moving average
     config.num_train_steps = 2
     config.log_every = 1
     config.checkpoint_every = 2

@@ -113,8 +113,15 @@ def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
   return sorted(_training_manager(workdir)[1].all_steps())
 
 
-def load_training_checkpoint(workdir: str | os.PathLike, step: int | None = None):
+def load_training_checkpoint(workdir: str | os.PathLike, step: int | None = None,
+                             ema: bool = True):
   """The generator side of a training workdir's checkpoint (latest step by default).
+
+  Args:
+    workdir: the training workdir.
+    step: the checkpoint's step (default: the latest).
+    ema: read the moving average of the parameters when the run kept one
+      (`train.ema_decay` > 0); False reads the trained parameters themselves.
 
   Returns:
     (model, variables) with the BatchNorm statistics of the generator-side networks.
@@ -130,7 +137,8 @@ def load_training_checkpoint(workdir: str | os.PathLike, step: int | None = None
   model = build_model(model_config)
   # Restored without a target: plain nested dicts, enough to read the generator side.
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  variables = {"params": state["g_params"], "batch_stats": state["batch_stats"]["g"]}
+  params = state.get("ema_params") if ema and state.get("ema_params") else state["g_params"]
+  variables = {"params": params, "batch_stats": state["batch_stats"]["g"]}
   want = jax.tree.structure(abstract_variables(model))
   if jax.tree.structure(variables) != want:
     raise ValueError(f"{directory} step {step}: the generator side does not match its config.model")

@@ -26,7 +26,7 @@ def generate_cross_driven(model, variables, eval_set, batch_size: int = 16) -> d
 
 
 def evaluate_checkpoint(checkpoint: str, eval_set_path: str, batch_size: int = 32,
-                        step: int | None = None) -> dict:
+                        step: int | None = None, ema: bool = True) -> dict:
   """Scores a checkpoint's cross-driven generation (`scoring.score` summary + baselines).
 
   Args:
@@ -34,12 +34,15 @@ def evaluate_checkpoint(checkpoint: str, eval_set_path: str, batch_size: int = 3
     eval_set_path: SynthTalk's `cross_driven/eval_set.npz`.
     batch_size: frames per device per network call.
     step: a training workdir's step (default: its latest).
+    ema: a training workdir's moving-average parameters when it kept them (else the trained
+      parameters).
   """
   from data_pipeline.synthtalk import crossdriven, scoring
-  from pcavs_jax.checkpoint import load_checkpoint, load_training_checkpoint
+  from pcavs_jax.checkpoint import TRAIN_CHECKPOINT_DIR, load_checkpoint, load_training_checkpoint
 
-  model, variables = (load_checkpoint(checkpoint) if step is None
-                      else load_training_checkpoint(checkpoint, step))
+  workdir = (pathlib.Path(checkpoint) / TRAIN_CHECKPOINT_DIR).is_dir()
+  model, variables = (load_training_checkpoint(checkpoint, step, ema=ema)
+                      if workdir or step is not None else load_checkpoint(checkpoint))
   eval_set = crossdriven.load_eval_set(eval_set_path)
   generated = generate_cross_driven(model, variables, eval_set, batch_size)
   result = scoring.score(generated, eval_set)
@@ -57,12 +60,13 @@ def target_ratios(model: dict, baselines: dict) -> dict[str, float]:
           "pose_ratio": model["pose_err"] / baselines["reference_pose"]["pose_err"]}
 
 
-def evaluate_steps(workdir: str, eval_set_path: str, batch_size: int = 32) -> list[dict]:
+def evaluate_steps(workdir: str, eval_set_path: str, batch_size: int = 32,
+                   ema: bool = True) -> list[dict]:
   """Scores every checkpoint kept in a training workdir: the learning curve on the eval set."""
   from pcavs_jax.checkpoint import checkpoint_steps
   rows = []
   for step in checkpoint_steps(workdir):
-    report = evaluate_checkpoint(workdir, eval_set_path, batch_size, step=step)
+    report = evaluate_checkpoint(workdir, eval_set_path, batch_size, step=step, ema=ema)
     rows.append({"step": step, **report["model"], **target_ratios(report["model"], report["baselines"])})
   return rows
 
@@ -112,22 +116,26 @@ def register(subparsers) -> None:
   p.add_argument("--videos", default=None, help="also write each triple as mp4 (with C's audio) here")
   p.add_argument("--all-steps", action="store_true",
                  help="score every checkpoint kept in the workdir (the learning curve); the "
-                      "rows go to <workdir>/synthtalk_curve.jsonl")
+                      "rows go to <workdir>/synthtalk_curve.jsonl (_raw with --no-ema)")
+  p.add_argument("--no-ema", dest="ema", action="store_false",
+                 help="score a training workdir's trained parameters, not their moving average")
   p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
   if args.all_steps:
-    rows = evaluate_steps(args.checkpoint, args.eval_set)
+    rows = evaluate_steps(args.checkpoint, args.eval_set, ema=args.ema)
     print(curve_table(rows))
-    path = pathlib.Path(args.report or pathlib.Path(args.checkpoint) / "synthtalk_curve.jsonl")
+    name = "synthtalk_curve.jsonl" if args.ema else "synthtalk_curve_raw.jsonl"
+    path = pathlib.Path(args.report or pathlib.Path(args.checkpoint) / name)
     path.write_text("".join(json.dumps(r, default=float) + "\n" for r in rows))
     print(f"curve: {path}")
     return 0
-  report = evaluate_checkpoint(args.checkpoint, args.eval_set)
+  report = evaluate_checkpoint(args.checkpoint, args.eval_set, ema=args.ema)
   print(summary_table(report))
   generated = report.pop("generated")
-  path = pathlib.Path(args.report or pathlib.Path(args.checkpoint) / "synthtalk_eval.json")
+  name = "synthtalk_eval.json" if args.ema else "synthtalk_eval_raw.json"
+  path = pathlib.Path(args.report or pathlib.Path(args.checkpoint) / name)
   path.write_text(json.dumps(report, indent=1, default=float))
   print(f"report: {path}")
   if args.videos:

@@ -97,9 +97,10 @@ def initial_state(config, model, discriminator, stage: str | None = None) -> GAN
 
 def switch_stage(state: GANTrainState, config, stage: str) -> GANTrainState:
   """The state carried into `stage`: same step, parameters, statistics and rng; the stage's
-  optimisers with fresh states (as the paper's stages are separate trainings)."""
+  optimisers with fresh states (as the paper's stages are separate trainings); the G-side
+  moving average goes on."""
   fresh = create_train_state(state.g_params, state.d_params, state.batch_stats, config,
-                             stage=stage, rng=state.rng)
+                             stage=stage, rng=state.rng, ema_params=state.ema_params)
   return fresh.replace(step=state.step)
 
 
@@ -123,9 +124,12 @@ def checkpoint_manager(workdir: str, config):
 
 
 def _state_tree(state: GANTrainState) -> dict:
-  return {"step": state.step, "g_params": state.g_params, "d_params": state.d_params,
+  tree = {"step": state.step, "g_params": state.g_params, "d_params": state.d_params,
           "g_opt_state": state.g_opt_state, "d_opt_state": state.d_opt_state,
           "batch_stats": state.batch_stats, "rng": jax.random.key_data(state.rng)}
+  if state.ema_params:
+    tree["ema_params"] = state.ema_params
+  return tree
 
 
 def save_checkpoint(manager, state: GANTrainState, config) -> None:
@@ -147,7 +151,8 @@ def restore_checkpoint(manager, template: GANTrainState, step: int | None = None
   return template.replace(step=jnp.asarray(tree["step"]), g_params=tree["g_params"],
                           d_params=tree["d_params"], g_opt_state=tree["g_opt_state"],
                           d_opt_state=tree["d_opt_state"], batch_stats=tree["batch_stats"],
-                          rng=jax.random.wrap_key_data(jnp.asarray(tree["rng"])))
+                          rng=jax.random.wrap_key_data(jnp.asarray(tree["rng"])),
+                          ema_params=tree.get("ema_params") or {})
 
 
 def train_batches(config, start_step: int):

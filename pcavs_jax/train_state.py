@@ -63,6 +63,8 @@ def train_config() -> ml_collections.ConfigDict:
   t.decay_end_step = 200_000    # lr x final_lr_fraction from here on
   t.final_lr_fraction = 0.0
   t.noise_injection = True      # G's per-pixel noise (off: deterministic generator in training)
+  t.ema_decay = 0.0             # > 0: keep an exponential moving average of the G-side params
+                                # (not in the paper); evaluation and export read it
   return t
 
 
@@ -255,8 +257,10 @@ class GANTrainState:
     batch_stats: mutable collections, {'g': {network: batch_stats}, 'd': {...}} (BatchNorm
       statistics on the G side, spectral-norm vectors on the D side).
     rng: the base PRNG key; steps fold in the step and the device index.
+    ema_params: moving average of g_params (same structure), or {} when ema_decay is 0.
     g_tx: generator-side optimiser (static).
     d_tx: discriminator optimiser (static).
+    ema_decay: the moving average's decay (static; 0: no average kept).
   """
 
   step: jax.Array
@@ -266,8 +270,10 @@ class GANTrainState:
   d_opt_state: optax.OptState
   batch_stats: PyTree
   rng: jax.Array
+  ema_params: PyTree
   g_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
   d_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
 
   def apply_d_gradients(self, grads: PyTree) -> "GANTrainState":
     """Updates d_params and d_opt_state (the step counter is left to the caller)."""
@@ -280,6 +286,18 @@ class GANTrainState:
     updates, opt_state = self.g_tx.update(grads, self.g_opt_state, self.g_params)
     return self.replace(g_params=optax.apply_updates(self.g_params, updates),
                         g_opt_state=opt_state)
+
+  def update_ema(self, step: jax.Array) -> "GANTrainState":
+    """Moves ema_params towards g_params after train step `step` (0-based).
+
+    The decay ramps up as min(ema_decay, (1 + step) / (10 + step)), so the average soon
+    forgets the random initialisation.
+    """
+    if not self.ema_decay:
+      return self
+    decay = jnp.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
+    ema = jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), self.ema_params, self.g_params)
+    return self.replace(ema_params=ema)
 
 
 def _check_trainable_paths(g_params: Mapping, patterns: Sequence[tuple[str, ...]] | None) -> None:
@@ -298,7 +316,8 @@ def create_train_state(g_params: Mapping[str, PyTree], d_params: PyTree,
                        batch_stats: Mapping[str, PyTree] | None,
                        config: ml_collections.ConfigDict, stage: str | None = None,
                        rng: jax.Array | None = None,
-                       trainable: Sequence[tuple[str, ...]] | None = None) -> GANTrainState:
+                       trainable: Sequence[tuple[str, ...]] | None = None,
+                       ema_params: Mapping[str, PyTree] | None = None) -> GANTrainState:
   """Builds the optimisers of `stage` and a fresh `GANTrainState` at step 0.
 
   Args:
@@ -310,6 +329,8 @@ def create_train_state(g_params: Mapping[str, PyTree], d_params: PyTree,
     stage: 'identity', 'sync' or 'full'; defaults to `config.train.stage`.
     rng: base PRNG key; defaults to PRNGKey(0).
     trainable: overrides the stage's G-side trainable paths.
+    ema_params: the moving average to carry on with (default: a copy of g_params); unused
+      when `train.ema_decay` is 0.
 
   Returns:
     the state.
@@ -325,6 +346,13 @@ def create_train_state(g_params: Mapping[str, PyTree], d_params: PyTree,
   g_params = dict(g_params)
   batch_stats = dict(batch_stats or {})
   batch_stats = {"g": batch_stats.pop("g", {}), "d": batch_stats.pop("d", {}), **batch_stats}
+  ema_decay = float(t.get("ema_decay", 0.0))
+  if not 0.0 <= ema_decay < 1.0:
+    raise ValueError(f"train.ema_decay must be in [0, 1), got {ema_decay}")
+  if not ema_decay:
+    ema_params = {}
+  elif ema_params is None:
+    ema_params = jax.tree.map(jnp.array, g_params)   # a copy: the step donates the state
   return GANTrainState(
       step=jnp.zeros((), jnp.int32),
       g_params=g_params,
@@ -333,8 +361,10 @@ def create_train_state(g_params: Mapping[str, PyTree], d_params: PyTree,
       d_opt_state=txs["discriminator"].init(d_params),
       batch_stats=batch_stats,
       rng=jax.random.PRNGKey(0) if rng is None else rng,
+      ema_params=dict(ema_params),
       g_tx=txs["generator"],
       d_tx=txs["discriminator"],
+      ema_decay=ema_decay,
   )
 
 

@@ -172,7 +172,7 @@ def train_step(state: GANTrainState, batch: Batch, *, model, discriminator, conf
   metrics["all_finite"] = jnp.all(jnp.stack([jnp.isfinite(v) for v in metrics.values()]))
   new_state = state.replace(step=state.step + 1, g_params=g_params, d_params=d_params,
                             g_opt_state=g_opt_state, d_opt_state=d_opt_state,
-                            batch_stats={"g": g_stats, "d": d_stats})
+                            batch_stats={"g": g_stats, "d": d_stats}).update_ema(state.step)
   return new_state, metrics
 
 

@@ -84,13 +84,29 @@ def test_two_step_smoke(runs):
   assert list((runs["split"]).glob("events.out.tfevents.*")), "no TensorBoard summaries written"
 
 
+def test_checkpoint_carries_the_moving_average(runs):
+  from pcavs_jax.checkpoint import load_training_checkpoint
+  state = runs["state_half"]
+  assert state.ema_decay == 0.99
+  # After two steps the average sits between the initial and the trained parameters.
+  init, ema, raw = (np.asarray(jax.tree.leaves(t["generator"])[0])
+                    for t in (runs["init"].g_params, state.ema_params, state.g_params))
+  assert not np.allclose(ema, raw) and not np.allclose(ema, init)
+  _, averaged = load_training_checkpoint(runs["split"], step=2)
+  _, trained = load_training_checkpoint(runs["split"], step=2, ema=False)
+  for loaded, expected in ((averaged, state.ema_params), (trained, state.g_params)):
+    for a, b in zip(jax.tree.leaves(loaded["params"]), jax.tree.leaves(expected)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_resume_gives_the_losses_of_an_uninterrupted_run(runs):
   whole, resumed = history(runs["whole"]), history(runs["split"])
   assert [r["step"] for r in resumed] == [1, 2, 3, 4]
   np.testing.assert_allclose(losses(resumed, [3, 4]), losses(whole, [3, 4]), rtol=1e-5)
-  np.testing.assert_allclose(
-      np.asarray(jax.tree.leaves(runs["state_resumed"].g_params)[0]),
-      np.asarray(jax.tree.leaves(runs["state_whole"].g_params)[0]), rtol=1e-5, atol=1e-6)
+  for part in ("g_params", "ema_params"):
+    np.testing.assert_allclose(
+        np.asarray(jax.tree.leaves(getattr(runs["state_resumed"], part))[0]),
+        np.asarray(jax.tree.leaves(getattr(runs["state_whole"], part))[0]), rtol=1e-5, atol=1e-6)
 
 
 def test_same_seed_gives_the_same_losses(runs):

@@ -78,6 +78,25 @@ def test_state_is_a_pytree_with_static_optimisers():
   assert replaced.g_tx is state.g_tx and int(replaced.step) == 1
 
 
+def test_moving_average_of_the_generator_side():
+  state = ts.create_train_state(_g_params(), _d_params(), None, _config(ema_decay=0.9), "full")
+  assert state.ema_decay == 0.9
+  np.testing.assert_array_equal(state.ema_params["generator"]["to_rgb"]["bias"], 4.0)
+  moved = state.replace(g_params=jax.tree.map(lambda x: x + 1.0, state.g_params))
+  update = jax.jit(lambda s, step: s.update_ema(step))
+  # Step 0: the ramp-up decay 1/10 replaces 90 % of the average; step 100: the cap 0.9, 10 %.
+  early, late = update(moved, 0), update(moved, 100)
+  np.testing.assert_allclose(early.ema_params["generator"]["to_rgb"]["bias"], 4.9, rtol=1e-6)
+  np.testing.assert_allclose(late.ema_params["identity_encoder"]["fc"]["kernel"], 1.1, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(late.g_params), jax.tree.leaves(moved.g_params)):
+    np.testing.assert_array_equal(a, b)
+  # Off: no average is kept and the update leaves the state alone.
+  off = ts.create_train_state(_g_params(), _d_params(), None, _config(), "full")
+  assert off.ema_params == {} and off.update_ema(jnp.asarray(5)) is off
+  with pytest.raises(ValueError, match="ema_decay"):
+    ts.create_train_state(_g_params(), _d_params(), None, _config(ema_decay=1.0), "full")
+
+
 def test_unknown_stage_network_or_path_is_rejected():
   with pytest.raises(ValueError, match="unknown stage"):
     ts.make_optimizers(_config(), "pretrain")
