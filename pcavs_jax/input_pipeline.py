@@ -46,6 +46,7 @@ import numpy as np
 
 from data_pipeline import records
 from pcavs_jax.clips import Clip
+from pcavs_jax.utils import LUMA_WEIGHTS
 
 
 class _LazyTensorFlow:
@@ -283,8 +284,8 @@ def perspective_matrix(height: int, width: int, shift: np.ndarray) -> np.ndarray
 
 
 # ITU-R BT.601 luma, and RGB <-> YIQ for a hue rotation that is one linear map.
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
-_RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_LUMA = np.array(LUMA_WEIGHTS, np.float32)
+_RGB2YIQ = np.array([LUMA_WEIGHTS, [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 
 
 def color_matrix(mean_rgb: np.ndarray, brightness: float, contrast: float, saturation: float,

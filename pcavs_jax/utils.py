@@ -6,6 +6,9 @@ import pathlib
 
 import ml_collections
 
+# ITU-R BT.601 luma weights of (R, G, B): a pixel's luminance.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py[:arg]` as ml_collections' config flags do: `get_config(arg)`."""

@@ -8,9 +8,9 @@ import pytest
 
 from pcavs_jax.convert import map_encoders
 from pcavs_jax.convert.layouts import KeyReader, unread_keys
-from pcavs_jax.models.encoders import (LUMA_WEIGHTS, AudioEncoder, IdentityEncoder,
-                                       NonIdentityEncoder,
+from pcavs_jax.models.encoders import (AudioEncoder, IdentityEncoder, NonIdentityEncoder,
                                        adaptive_avg_pool_matrix, bilinear_matrix, hourglass_depth)
+from pcavs_jax.utils import LUMA_WEIGHTS
 
 PARITY_ATOL = 1e-4
 _BN_STATS = ("running_mean", "running_var", "num_batches_tracked")

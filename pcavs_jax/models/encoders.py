@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pcavs_jax.utils import LUMA_WEIGHTS
+
 Dtype = Any
 Array = jax.Array
 
@@ -323,10 +325,6 @@ class FAN(nn.Module):
     x = _conv(1, 3, 2, 1, bias=True, dtype=self.dtype, name="conv_out")(x)
     x = nn.relu(x.reshape(x.shape[0], -1))      # (B, (resolution / 8)^2)
     return _dense(self.feature_dim, self.dtype, "fc")(x)
-
-
-# ITU-R BT.601 luma weights of (R, G, B).
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 class NonIdentityEncoder(nn.Module):
