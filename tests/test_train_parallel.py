@@ -24,16 +24,23 @@ import pytest
 WORKER = pathlib.Path(__file__).with_name("train_worker.py")
 
 
-def _run_together(runs: dict[str, list[str]], tmp_path, timeout=900) -> dict[str, dict]:
-  """Runs one worker per entry at the same time (each compiles on its own core)."""
+def _run_together(runs: dict[str, list[str]], tmp_path, timeout=1200) -> dict[str, dict]:
+  """Runs one worker per entry at the same time; returns each one's JSON result.
+
+  Logs go to files, not pipes: a worker blocked on a full pipe would stall the collectives of
+  the others.
+  """
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   env.pop("XLA_FLAGS", None)
-  procs = {name: subprocess.Popen([sys.executable, str(WORKER), *args, "--out",
-                                   str(tmp_path / f"{name}.json")], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for name, args in runs.items()}
+  procs = {}
+  for name, args in runs.items():
+    with open(tmp_path / f"{name}.log", "w") as log:
+      procs[name] = subprocess.Popen(
+          [sys.executable, str(WORKER), *args, "--out", str(tmp_path / f"{name}.json")],
+          env=env, stdout=log, stderr=subprocess.STDOUT)
   for name, proc in procs.items():
-    log = proc.communicate(timeout=timeout)[0]
+    proc.wait(timeout=timeout)
+    log = (tmp_path / f"{name}.log").read_text()
     assert proc.returncode == 0, f"{name} worker failed:\n{log[-4000:]}"
   return {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in runs}
 
@@ -67,19 +74,10 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_processes_end_with_identical_parameters(tmp_path, random_records):
   port = _free_port()
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  env.pop("XLA_FLAGS", None)
-  procs = []
-  for i in range(2):
-    cmd = [sys.executable, str(WORKER), "distributed", "--process-id", str(i), "--num-processes", "2",
-           "--port", str(port), "--records", random_records, "--workdir", str(tmp_path / "run"),
-           "--out", str(tmp_path / f"p{i}.json")]
-    procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True))
-  logs = [p.communicate(timeout=1200)[0] for p in procs]
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log[-4000:]
-  results = [json.loads((tmp_path / f"p{i}.json").read_text()) for i in range(2)]
+  common = ["distributed", "--num-processes", "2", "--port", str(port), "--records",
+            random_records, "--workdir", str(tmp_path / "run")]
+  out = _run_together({f"p{i}": common + ["--process-id", str(i)] for i in range(2)}, tmp_path)
+  results = [out["p0"], out["p1"]]
   assert [r["process_index"] for r in results] == [0, 1]
   assert all(r["process_count"] == 2 and r["device_count"] == 2 and r["step"] == 2 for r in results)
   assert results[0]["checksums"] == results[1]["checksums"]
