@@ -67,13 +67,16 @@ def load_export(path: str | os.PathLike, with_discriminator: bool = False):
   return model, variables, disc, _restore(path / "discriminator", d_abstract)
 
 
-def load_checkpoint(path: str | os.PathLike, model_config=None):
+def load_checkpoint(path: str | os.PathLike, model_config=None, step: int | None = None,
+                    ema: bool = True):
   """Loads PC-AVS for inference from any checkpoint form the project knows.
 
   Args:
     path: a folder of official `<epoch>_net_*.pth` files, an exported checkpoint (config.json +
       variables/), or a training workdir.
     model_config: the `config.model` of official files (default: the official configuration).
+    step, ema: a training workdir's step (default: the latest) and whether to read its moving
+      average (see `load_training_checkpoint`).
 
   Returns:
     (model, variables): call `model.apply(variables, ..., method=model.infer)`.
@@ -84,6 +87,11 @@ def load_checkpoint(path: str | os.PathLike, model_config=None):
   path = pathlib.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"checkpoint not found: {path}")
+  workdir = (path / TRAIN_CHECKPOINT_DIR).is_dir()
+  if step is not None:
+    if not workdir:
+      raise ValueError(f"step {step} asked of {path}, which is not a training workdir")
+    return load_training_checkpoint(path, step, ema=ema)
   if (path / CONFIG_FILE).exists():
     return load_export(path)
   if path.is_dir() and any(path.glob("*_net_G.pth")):
@@ -95,8 +103,8 @@ def load_checkpoint(path: str | os.PathLike, model_config=None):
     if not report.ok:
       raise ValueError(f"official checkpoint {path} does not match the model:\n{report.summary()}")
     return build_model(model_config), variables
-  if (path / TRAIN_CHECKPOINT_DIR).is_dir():
-    return load_training_checkpoint(path)
+  if workdir:
+    return load_training_checkpoint(path, ema=ema)
   raise FileNotFoundError(f"{path}: neither an exported checkpoint ({CONFIG_FILE} + variables/), "
                           "a training workdir (checkpoints/) nor a folder of official "
                           "'<epoch>_net_G.pth' files")
@@ -137,7 +145,7 @@ def load_training_checkpoint(workdir: str | os.PathLike, step: int | None = None
   model = build_model(model_config)
   # Restored without a target: plain nested dicts, enough to read the generator side.
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  params = state.get("ema_params") if ema and state.get("ema_params") else state["g_params"]
+  params = (ema and state.get("ema_params")) or state["g_params"]
   variables = {"params": params, "batch_stats": state["batch_stats"]["g"]}
   want = jax.tree.structure(abstract_variables(model))
   if jax.tree.structure(variables) != want:

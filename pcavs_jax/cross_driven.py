@@ -38,11 +38,9 @@ def evaluate_checkpoint(checkpoint: str, eval_set_path: str, batch_size: int = 3
       parameters).
   """
   from data_pipeline.synthtalk import crossdriven, scoring
-  from pcavs_jax.checkpoint import TRAIN_CHECKPOINT_DIR, load_checkpoint, load_training_checkpoint
+  from pcavs_jax.checkpoint import load_checkpoint
 
-  workdir = (pathlib.Path(checkpoint) / TRAIN_CHECKPOINT_DIR).is_dir()
-  model, variables = (load_training_checkpoint(checkpoint, step, ema=ema)
-                      if workdir or step is not None else load_checkpoint(checkpoint))
+  model, variables = load_checkpoint(checkpoint, step=step, ema=ema)
   eval_set = crossdriven.load_eval_set(eval_set_path)
   generated = generate_cross_driven(model, variables, eval_set, batch_size)
   result = scoring.score(generated, eval_set)
@@ -122,20 +120,25 @@ def register(subparsers) -> None:
   p.set_defaults(func=run)
 
 
+def _report_path(args: argparse.Namespace, stem: str, suffix: str) -> pathlib.Path:
+  """--report, else <checkpoint>/<stem>[_raw]<suffix> (_raw: the parameters without average)."""
+  if args.report:
+    return pathlib.Path(args.report)
+  return pathlib.Path(args.checkpoint) / f"{stem}{'' if args.ema else '_raw'}{suffix}"
+
+
 def run(args: argparse.Namespace) -> int:
   if args.all_steps:
     rows = evaluate_steps(args.checkpoint, args.eval_set, ema=args.ema)
     print(curve_table(rows))
-    name = "synthtalk_curve.jsonl" if args.ema else "synthtalk_curve_raw.jsonl"
-    path = pathlib.Path(args.report or pathlib.Path(args.checkpoint) / name)
+    path = _report_path(args, "synthtalk_curve", ".jsonl")
     path.write_text("".join(json.dumps(r, default=float) + "\n" for r in rows))
     print(f"curve: {path}")
     return 0
   report = evaluate_checkpoint(args.checkpoint, args.eval_set, ema=args.ema)
   print(summary_table(report))
   generated = report.pop("generated")
-  name = "synthtalk_eval.json" if args.ema else "synthtalk_eval_raw.json"
-  path = pathlib.Path(args.report or pathlib.Path(args.checkpoint) / name)
+  path = _report_path(args, "synthtalk_eval", ".json")
   path.write_text(json.dumps(report, indent=1, default=float))
   print(f"report: {path}")
   if args.videos:

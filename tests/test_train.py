@@ -85,7 +85,7 @@ def test_two_step_smoke(runs):
 
 
 def test_checkpoint_carries_the_moving_average(runs):
-  from pcavs_jax.checkpoint import load_training_checkpoint
+  from pcavs_jax.checkpoint import load_checkpoint, load_training_checkpoint
   state = runs["state_half"]
   assert state.ema_decay == 0.99
   # After two steps the average sits between the initial and the trained parameters.
@@ -93,7 +93,7 @@ def test_checkpoint_carries_the_moving_average(runs):
                     for t in (runs["init"].g_params, state.ema_params, state.g_params))
   assert not np.allclose(ema, raw) and not np.allclose(ema, init)
   _, averaged = load_training_checkpoint(runs["split"], step=2)
-  _, trained = load_training_checkpoint(runs["split"], step=2, ema=False)
+  _, trained = load_checkpoint(runs["split"], step=2, ema=False)
   for loaded, expected in ((averaged, state.ema_params), (trained, state.g_params)):
     for a, b in zip(jax.tree.leaves(loaded["params"]), jax.tree.leaves(expected)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
