@@ -41,7 +41,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def loss_config() -> ml_collections.ConfigDict:
-  """Loss weights (official defaults; `l1_image` is an extra pixel L1, off officially)."""
+  """Loss weights (official defaults; `l1_image` and `sync_cosine_scale` are off officially)."""
   w = ml_collections.ConfigDict()
   w.gan = 1.0                 # lambda_D: hinge GAN, averaged over D scales
   w.feature_matching = 10.0   # lambda_feat; 0 switches feature matching off
@@ -50,6 +50,7 @@ def loss_config() -> ml_collections.ConfigDict:
   w.contrastive = 100.0       # lambda_contrastive: softmax contrastive sync loss, both directions
   w.crossmodal_l1 = 1.0       # lambda_crossmodal: L1 audio mouth -> detached visual mouth
   w.identity = 1.0            # identity cross-entropy on E_i's scores
+  w.sync_cosine_scale = 0.0   # > 0: contrastive logits scale * cosine, not 1 / distance (not official)
   w.l1_image = 0.0
   return w
 

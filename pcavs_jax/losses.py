@@ -123,6 +123,11 @@ def pairwise_inverse_distance(x: Array, y: Array, eps: float = 1e-12) -> Array:
   return jax.lax.rsqrt(sq + eps)
 
 
+def pairwise_scaled_cosine(x: Array, y: Array, scale: float) -> Array:
+  """logits[i, j] = scale * cos(x_i, y_j): bounded logits (not in the paper, see `sync_loss`)."""
+  return scale * (l2_normalize(x) @ l2_normalize(y).T)
+
+
 def cross_entropy_loss(scores: Array, labels: Array) -> Array:
   """Softmax cross-entropy with integer labels, mean over the batch (torch `F.cross_entropy`)."""
   log_probs = jax.nn.log_softmax(scores.astype(jnp.float32), axis=-1)
@@ -130,7 +135,7 @@ def cross_entropy_loss(scores: Array, labels: Array) -> Array:
   return -jnp.mean(picked)
 
 
-def softmax_contrastive_loss(x: Array, y: Array) -> Array:
+def softmax_contrastive_loss(x: Array, y: Array, cosine_scale: float = 0.0) -> Array:
   """The sync loss' softmax contrastive term: sample i of x must pick sample i of y.
 
   Cross-entropy over logits[i, j] = 1 / ||x_i - y_j|| (L2-normalised features), label i; the other
@@ -140,18 +145,22 @@ def softmax_contrastive_loss(x: Array, y: Array) -> Array:
   Args:
     x: (B, D) anchor features (the rows of the logits).
     y: (B, D) features to match them with (the columns).
+    cosine_scale: > 0 replaces the inverse distances by `cosine_scale` times the cosine similarity.
 
   Returns:
     the scalar mean cross-entropy.
   """
   x = x.reshape(x.shape[0], -1).astype(jnp.float32)
   y = y.reshape(y.shape[0], -1).astype(jnp.float32)
-  logits = pairwise_inverse_distance(x, y)
+  if cosine_scale > 0:
+    logits = pairwise_scaled_cosine(x, y, cosine_scale)
+  else:
+    logits = pairwise_inverse_distance(x, y)
   return cross_entropy_loss(logits, jnp.arange(x.shape[0]))
 
 
 def sync_loss(visual: Array, audio: Array, contrastive_weight: float = 100.0,
-              l1_weight: float = 1.0) -> tuple[Array, dict[str, Array]]:
+              l1_weight: float = 1.0, cosine_scale: float = 0.0) -> tuple[Array, dict[str, Array]]:
   """Audio-visual sync loss between visual and audio mouth features (official `compute_sync_loss`).
 
   Terms (weighted; a zero weight drops the term):
@@ -164,6 +173,9 @@ def sync_loss(visual: Array, audio: Array, contrastive_weight: float = 100.0,
     audio: (B, D) audio mouth features (E_a), same shape.
     contrastive_weight: weight of each contrastive direction (lambda_contrastive, 100).
     l1_weight: weight of the L1 term (lambda_crossmodal, 1).
+    cosine_scale: 0 (official): logits are inverse distances, which are unbounded and, between
+      the nearly equal features of untrained encoders, huge and erratic. > 0: scaled cosine
+      similarities instead (not in the paper; bounded by +-cosine_scale).
 
   Returns:
     (total, {term name: weighted value}).
@@ -175,8 +187,8 @@ def sync_loss(visual: Array, audio: Array, contrastive_weight: float = 100.0,
   if l1_weight:
     terms["sync_l1"] = l1_weight * l1_loss(sg(visual), audio)
   if contrastive_weight:
-    terms["sync_contrastive_va"] = contrastive_weight * softmax_contrastive_loss(sg(visual), audio)
-    terms["sync_contrastive_av"] = contrastive_weight * softmax_contrastive_loss(sg(audio), visual)
+    terms["sync_contrastive_va"] = contrastive_weight * softmax_contrastive_loss(sg(visual), audio, cosine_scale)
+    terms["sync_contrastive_av"] = contrastive_weight * softmax_contrastive_loss(sg(audio), visual, cosine_scale)
   total = sum(terms.values()) if terms else jnp.zeros((), jnp.float32)
   return total, terms
 

@@ -13,6 +13,9 @@ Stages and what they train (`STAGE_TRAINABLE`):
     trunk stays frozen (it runs under no_grad in the official sync stage and its parameters are
     left out of the optimiser) and so do `mouth_embed` and the pose heads, which the contrastive
     sync loss does not reach. The trainer should run the trunk under `stop_gradient`.
+  'sync_trunk' (not in the paper): as 'sync', but E_n's trunk trains too, so the contrastive loss
+    can shape the mouth features from a random E_n. No generator runs, so a step costs a fraction
+    of a full one: a cheap start for audio-visual sync before 'full'.
   'full': every G-side network (E_i, E_n, E_a, G) and D.
 Frozen parameters go through `optax.set_to_zero()` inside `optax.multi_transform`: their updates
 are exactly zero and they carry no optimiser state.
@@ -31,7 +34,7 @@ import optax
 
 PyTree = Any
 GNetworks = ("identity_encoder", "nonidentity_encoder", "audio_encoder", "generator")
-STAGES = ("identity", "sync", "full")
+STAGES = ("identity", "sync", "sync_trunk", "full")
 
 # Per stage: the G-side parameter paths that train. A path is (network, *names): the network is
 # the top-level key of g_params, the names must appear as a contiguous run of keys below it
@@ -40,15 +43,17 @@ STAGES = ("identity", "sync", "full")
 STAGE_TRAINABLE: dict[str, tuple[tuple[str, ...], ...] | None] = {
     "identity": (("identity_encoder",),),
     "sync": (("audio_encoder",), ("nonidentity_encoder", "to_mouth")),
+    "sync_trunk": (("audio_encoder",), ("nonidentity_encoder", "fan"),
+                   ("nonidentity_encoder", "to_mouth")),
     "full": None,
 }
-STAGE_TRAINS_D = {"identity": False, "sync": False, "full": True}
+STAGE_TRAINS_D = {"identity": False, "sync": False, "sync_trunk": False, "full": True}
 
 
 def train_config() -> ml_collections.ConfigDict:
   """Default `config.train` fields read by this module."""
   t = ml_collections.ConfigDict()
-  t.stage = "full"              # 'identity' | 'sync' | 'full'
+  t.stage = "full"              # 'identity' | 'sync' | 'sync_trunk' | 'full'
   t.schedule = ""               # stages in sequence, e.g. 'identity:1000,sync:500,full' (steps
                                 # per stage; the last runs to the end); '' = `stage` throughout
   t.lr = 1e-3
@@ -204,7 +209,7 @@ def make_optimizers(config: ml_collections.ConfigDict, stage: str | None = None,
 
   Args:
     config: the config (or its `train` part), see `train_config`.
-    stage: 'identity', 'sync' or 'full'; defaults to `config.train.stage`.
+    stage: one of `STAGES`; defaults to `config.train.stage`.
     trainable: overrides the stage's G-side trainable paths (`STAGE_TRAINABLE` format).
 
   Returns:
@@ -326,7 +331,7 @@ def create_train_state(g_params: Mapping[str, PyTree], d_params: PyTree,
     d_params: discriminator params.
     batch_stats: {'g': ..., 'd': ...} (missing keys become {}), or None.
     config: the config (or its `train` part).
-    stage: 'identity', 'sync' or 'full'; defaults to `config.train.stage`.
+    stage: one of `STAGES`; defaults to `config.train.stage`.
     rng: base PRNG key; defaults to PRNGKey(0).
     trainable: overrides the stage's G-side trainable paths.
     ema_params: the moving average to carry on with (default: a copy of g_params); unused

@@ -47,9 +47,11 @@ def _g_forward(g_params, batch_stats, batch: Batch, rng, *, model, stage: str,
     out, new = model.apply(variables, batch["reference"][:, 0], train=True,
                            method=model.encode_identity, **kw)
     return {"class_scores": out["class_scores"]}, new["batch_stats"]
-  if stage == "sync":
+  if stage in ("sync", "sync_trunk"):
     def sync_forward(module, pose_source, mel):
-      feature = lax.stop_gradient(module.nonidentity_encoder.features(pose_source, train=True))
+      feature = module.nonidentity_encoder.features(pose_source, train=True)
+      if stage == "sync":
+        feature = lax.stop_gradient(feature)
       visual_mouth = module.nonidentity_encoder.to_mouth(feature)
       return visual_mouth, module.audio_encoder(mel, train=True)
     (visual, audio), new = model.apply(variables, batch["pose_source"], batch["mel"],
@@ -76,7 +78,8 @@ def _g_losses(outputs, d_out, batch: Batch, loss_config, vgg_params) -> tuple[ja
     # pmean-ed gradients equal the single-device gradients of the same global batch.
     gather = lambda x: lax.all_gather(x, AXIS, tiled=True)
     _, parts = losses.sync_loss(gather(outputs["visual_mouth"]), gather(outputs["audio_mouth"]),
-                                contrastive_weight=w.contrastive, l1_weight=w.crossmodal_l1)
+                                contrastive_weight=w.contrastive, l1_weight=w.crossmodal_l1,
+                                cosine_scale=w.get("sync_cosine_scale", 0.0))
     terms.update(parts)
   if d_out is not None:
     b = batch["target"].shape[0]

@@ -148,3 +148,20 @@ def test_uniform_and_cross_entropy_limits():
   assert float(losses.cross_entropy_loss(scores, jnp.array([0, 1]))) < 1e-6
   assert float(losses.cross_entropy_loss(jnp.zeros((2, 4)), jnp.array([0, 3]))) == \
       pytest.approx(np.log(4), rel=1e-6)
+
+
+def test_cosine_contrastive_logits_are_bounded_scaled_cosines():
+  b, scale = 6, 10.0
+  x = jnp.eye(b, 16) * 3.0                      # orthogonal rows; the norm must not matter
+  # Matched orthogonal pairs at scale 2: diagonal logits 2, the others 0.
+  expected = np.log1p((b - 1) * np.exp(-2.0))
+  got = losses.softmax_contrastive_loss(x, x, cosine_scale=2.0)
+  np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+  # Near-identical untrained features: inverse-distance logits explode, scaled cosines do not.
+  rng = np.random.default_rng(0)
+  base = rng.normal(size=(1, 16))
+  v, a = (jnp.asarray(base + 1e-4 * rng.normal(size=(b, 16)), jnp.float32) for _ in range(2))
+  assert float(jnp.max(losses.pairwise_inverse_distance(v, a))) > 1e3
+  assert float(jnp.max(jnp.abs(losses.pairwise_scaled_cosine(v, a, scale)))) <= scale + 1e-4
+  total, terms = losses.sync_loss(v, a, cosine_scale=scale)
+  assert np.isfinite(float(total)) and {"sync_contrastive_va", "sync_contrastive_av"} <= set(terms)

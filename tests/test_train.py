@@ -160,6 +160,26 @@ def test_sigterm_saves_and_exits(records, tmp_path):
   assert events.exists()
 
 
+@pytest.mark.parametrize("stage", ["sync", "sync_trunk"])
+def test_sync_stages_train_only_the_mouth_pathway(records, tmp_path, stage):
+  config = tiny_config(records, 1, **{"train.stage": stage})
+  init = train.initial_state(config, *_networks(records))
+  state = train.train_and_evaluate(config, str(tmp_path))
+
+  def changed(network, part=None):
+    old, new = init.g_params[network], state.g_params[network]
+    if part is not None:
+      old, new = old[part], new[part]
+    return any(not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new)))
+
+  assert changed("audio_encoder") and changed("nonidentity_encoder", "to_mouth")
+  # Only 'sync_trunk' lets the contrastive loss reach E_n's trunk.
+  assert changed("nonidentity_encoder", "fan") == (stage == "sync_trunk")
+  assert not changed("nonidentity_encoder", "to_headpose")
+  assert not changed("generator") and not changed("identity_encoder")
+
+
 @pytest.mark.slow  # ~6 min on 2 cores: six train-step compiles (identity and full, three runs)
 def test_stage_schedule_switches_and_resumes_across_the_boundary(records, tmp_path):
   """identity for 2 steps, then full: E_i alone trains first; a run stopped at the boundary and
