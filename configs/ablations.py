@@ -24,7 +24,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = default.parse_arg(arg, ablation="none", base="synthtalk", minutes=25.0)
   if args.base == "synthtalk":
     from configs import synthtalk
-    config = synthtalk.get_config(f"minutes={args.minutes}")
+    # The sync stage trains by the contrastive loss alone: no_contrastive leaves it out.
+    no_sync = ",sync_steps=0" if args.ablation == "no_contrastive" else ""
+    config = synthtalk.get_config(f"minutes={args.minutes}{no_sync}")
   elif args.base == "default":
     config = default.get_config()
   else:
