@@ -50,7 +50,7 @@ def loss_config() -> ml_collections.ConfigDict:
   w.contrastive = 100.0       # lambda_contrastive: softmax contrastive sync loss, both directions
   w.crossmodal_l1 = 1.0       # lambda_crossmodal: L1 audio mouth -> detached visual mouth
   w.identity = 1.0            # identity cross-entropy on E_i's scores
-  w.sync_cosine_scale = 0.0   # > 0: contrastive logits scale * cosine, not 1 / distance (not official)
+  w.sync_cosine_scale = 0.0   # > 0: contrastive logits = scale * cosine, not 1 / distance
   w.l1_image = 0.0
   return w
 

@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The paper's staged training: E_i by identity classification, then audio-visual sync, then
   # everything. The paper's sync stage leaves E_n's trunk frozen, and at its random
   # initialisation the contrastive loss stays at chance on SynthTalk; 'sync_trunk' trains the
-  # trunk too (about 14 steps/s here: no generator runs).
+  # trunk too (about 15 steps/s here: no generator runs).
   stages = [f"identity:{args.identity_steps}" if args.identity_steps else "",
             f"sync_trunk:{args.sync_steps}" if args.sync_steps else ""]
   config.train.schedule = ",".join([s for s in stages if s] + ["full"])

@@ -13,6 +13,7 @@ Official counterparts (Hangz-nju-cuhk/Talking-Face_PC-AVS, models/networks/loss.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Union
 
@@ -187,8 +188,9 @@ def sync_loss(visual: Array, audio: Array, contrastive_weight: float = 100.0,
   if l1_weight:
     terms["sync_l1"] = l1_weight * l1_loss(sg(visual), audio)
   if contrastive_weight:
-    terms["sync_contrastive_va"] = contrastive_weight * softmax_contrastive_loss(sg(visual), audio, cosine_scale)
-    terms["sync_contrastive_av"] = contrastive_weight * softmax_contrastive_loss(sg(audio), visual, cosine_scale)
+    contrast = functools.partial(softmax_contrastive_loss, cosine_scale=cosine_scale)
+    terms["sync_contrastive_va"] = contrastive_weight * contrast(sg(visual), audio)
+    terms["sync_contrastive_av"] = contrastive_weight * contrast(sg(audio), visual)
   total = sum(terms.values()) if terms else jnp.zeros((), jnp.float32)
   return total, terms
 
