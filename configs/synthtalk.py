@@ -51,9 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # everything. The paper's sync stage leaves E_n's trunk frozen, and at its random
   # initialisation the contrastive loss stays at chance on SynthTalk; 'sync_trunk' trains the
   # trunk too (about 15 steps/s here: no generator runs).
-  stages = [f"identity:{args.identity_steps}" if args.identity_steps else "",
-            f"sync_trunk:{args.sync_steps}" if args.sync_steps else ""]
-  config.train.schedule = ",".join([s for s in stages if s] + ["full"])
+  stages = [f"{name}:{steps}" for name, steps in
+            (("identity", args.identity_steps), ("sync_trunk", args.sync_steps)) if steps]
+  config.train.schedule = ",".join(stages + ["full"])
   # Scaled-cosine contrastive logits: bounded, unlike the official inverse distances, which are
   # huge and erratic between the near-equal features of untrained encoders. With them and the
   # sync stage, the contrastive loss averaged 167 over the first 1000 full-stage steps and 136
