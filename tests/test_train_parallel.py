@@ -38,10 +38,16 @@ def _run_together(runs: dict[str, list[str]], tmp_path, timeout=1200) -> dict[st
       procs[name] = subprocess.Popen(
           [sys.executable, str(WORKER), *args, "--out", str(tmp_path / f"{name}.json")],
           env=env, stdout=log, stderr=subprocess.STDOUT)
-  for name, proc in procs.items():
-    proc.wait(timeout=timeout)
-    log = (tmp_path / f"{name}.log").read_text()
-    assert proc.returncode == 0, f"{name} worker failed:\n{log[-4000:]}"
+  try:
+    for name, proc in procs.items():
+      proc.wait(timeout=timeout)
+      log = (tmp_path / f"{name}.log").read_text()
+      assert proc.returncode == 0, f"{name} worker failed:\n{log[-4000:]}"
+  finally:
+    # A failed worker leaves its peers waiting in collectives: stop them, not the whole run.
+    for proc in procs.values():
+      if proc.poll() is None:
+        proc.kill()
   return {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in runs}
 
 
