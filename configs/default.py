@@ -41,7 +41,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def loss_config() -> ml_collections.ConfigDict:
-  """Loss weights (official defaults; `l1_image` and `sync_cosine_scale` are off officially)."""
+  """Loss weights (official defaults; `l1_image`, `mouth_l1` and `sync_cosine_scale` are not in the paper)."""
   w = ml_collections.ConfigDict()
   w.gan = 1.0                 # lambda_D: hinge GAN, averaged over D scales
   w.feature_matching = 10.0   # lambda_feat; 0 switches feature matching off
@@ -51,7 +51,9 @@ def loss_config() -> ml_collections.ConfigDict:
   w.crossmodal_l1 = 1.0       # lambda_crossmodal: L1 audio mouth -> detached visual mouth
   w.identity = 1.0            # identity cross-entropy on E_i's scores
   w.sync_cosine_scale = 0.0   # > 0: contrastive logits = scale * cosine, not 1 / distance
-  w.l1_image = 0.0
+  w.l1_image = 0.0            # pixel L1 on the whole frame
+  w.mouth_l1 = 0.0            # pixel L1 inside `mouth_box` of the aligned frame
+  w.mouth_box = (0.38, 0.66, 0.26, 0.74)   # (top, bottom, left, right) fractions of the frame
   return w
 
 

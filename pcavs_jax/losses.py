@@ -71,6 +71,22 @@ def l1_loss(x: Array, y: Array) -> Array:
   return jnp.mean(jnp.abs(x - y))
 
 
+def box_l1_loss(x: Array, y: Array, box: Sequence[float]) -> Array:
+  """L1 inside a box of NHWC images, the box given as (top, bottom, left, right) fractions.
+
+  Aligned face crops put the mouth in a fixed region, so a box there weights the few mouth
+  pixels that a whole-image loss barely sees (not in the paper).
+  """
+  top, bottom, left, right = box
+  if not 0.0 <= top < bottom <= 1.0 or not 0.0 <= left < right <= 1.0:
+    raise ValueError(f"box {tuple(box)} is not (top, bottom, left, right) fractions "
+                     "with top < bottom and left < right inside [0, 1]")
+  h, w = x.shape[1:3]
+  rows = slice(int(round(top * h)), max(int(round(bottom * h)), int(round(top * h)) + 1))
+  cols = slice(int(round(left * w)), max(int(round(right * w)), int(round(left * w)) + 1))
+  return l1_loss(x[:, rows, cols], y[:, rows, cols])
+
+
 def feature_matching_loss(fake: DOutput, real: DOutput, lambda_feat: float = 10.0,
                           lambda_image: float = 1.0) -> Array:
   """pix2pixHD feature matching between the discriminator's outputs on fakes and reals.
