@@ -165,3 +165,23 @@ def test_cosine_contrastive_logits_are_bounded_scaled_cosines():
   assert float(jnp.max(jnp.abs(losses.pairwise_scaled_cosine(v, a, scale)))) <= scale + 1e-4
   total, terms = losses.sync_loss(v, a, cosine_scale=scale)
   assert np.isfinite(float(total)) and {"sync_contrastive_va", "sync_contrastive_av"} <= set(terms)
+
+
+def test_box_l1_sees_only_the_box():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(2, 20, 10, 3)).astype(np.float32)
+  box = (0.25, 0.5, 0.2, 0.8)                       # rows 5:10, cols 2:8
+  inside = x.copy()
+  inside[:, 5:10, 2:8] += 1.5
+  outside = x.copy()
+  outside[:, :5] -= 2.0
+  outside[:, 10:] += 2.0
+  outside[:, :, :2] += 3.0
+  assert float(losses.box_l1_loss(jnp.asarray(inside), jnp.asarray(x), box)) == pytest.approx(1.5)
+  assert float(losses.box_l1_loss(jnp.asarray(outside), jnp.asarray(x), box)) == 0.0
+  # A box thinner than a pixel still holds one row.
+  thin = losses.box_l1_loss(jnp.asarray(inside), jnp.asarray(x), (0.3, 0.31, 0.2, 0.8))
+  assert float(thin) == pytest.approx(1.5)
+  for bad in ((0.5, 0.25, 0.2, 0.8), (0.1, 0.5, -0.1, 0.8), (0.1, 1.2, 0.2, 0.8)):
+    with pytest.raises(ValueError, match="box"):
+      losses.box_l1_loss(jnp.asarray(x), jnp.asarray(x), bad)

@@ -218,3 +218,30 @@ def test_synthtalk_curve_scores_every_kept_checkpoint(runs, tmp_path):
   assert latest["generated"]["x000"].shape == (12, 64, 64, 3)
   assert all({"mouth_ratio", "pose_ratio", "lag"} <= set(r) for r in rows)
   assert "mouth_ratio" in cross_driven.curve_table(rows)
+
+
+def test_mouth_l1_term_weights_only_the_mouth_box():
+  from pcavs_jax import losses as loss_fns
+  from pcavs_jax import train_steps
+  config = get_config("variant=tiny")
+  config.loss.mouth_l1 = 4.0
+  b, r = 2, 16
+  rng = np.random.default_rng(0)
+  target = jax.numpy.asarray(rng.uniform(-1, 1, (b, r, r, 3)).astype(np.float32))
+  fake = jax.numpy.asarray(rng.uniform(-1, 1, (b, r, r, 3)).astype(np.float32))
+  d_out = [[jax.numpy.zeros((3 * b, 2, 2, 1))]]     # one D scale holding only logits
+
+  def mouth_terms(fake_visual):
+    outputs = {"fake_visual": fake_visual, "fake_audio": fake}
+    _, terms = train_steps._g_losses(outputs, d_out, {"target": target}, config.loss, None)
+    return terms["mouth_l1_visual"], terms
+
+  (value, terms), grad = jax.value_and_grad(mouth_terms, has_aux=True)(fake)
+  np.testing.assert_allclose(
+      value, 4.0 * loss_fns.box_l1_loss(fake, target, config.loss.mouth_box), rtol=1e-6)
+  assert "mouth_l1_audio" in terms
+  top, bottom, left, right = (int(round(f * r)) for f in config.loss.mouth_box)
+  mask = np.zeros((r, r), bool)
+  mask[top:bottom, left:right] = True
+  grad = np.abs(np.asarray(grad)).sum(axis=(0, 3))
+  assert np.all(grad[mask] > 0) and np.all(grad[~mask] == 0)
