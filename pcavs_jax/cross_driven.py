@@ -92,6 +92,96 @@ def summary_table(report: dict) -> str:
   return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- code probes
+
+POSE_KEYS = ("yaw", "pitch", "roll", "tx", "ty")
+
+
+def heldout_r2(features: np.ndarray, targets: np.ndarray, train: np.ndarray,
+               ridge: float = 1e-3) -> np.ndarray:
+  """R^2 on the held-out rows of a ridge-regularised linear fit of targets from features.
+
+  Args:
+    features: (N, F); targets: (N, K); train: (N,) bool, the rows the fit sees.
+
+  Returns:
+    (K,) R^2 over the rows not in `train`: 1 for an exact linear code, <= 0 when the features
+    tell nothing linear about the target.
+  """
+  x = np.asarray(features, np.float64)
+  mean, std = x[train].mean(0), x[train].std(0) + 1e-8
+  x = np.concatenate([(x - mean) / std, np.ones((len(x), 1))], axis=1)
+  y = np.asarray(targets, np.float64)
+  a = x[train]
+  w = np.linalg.solve(a.T @ a + ridge * len(a) * np.eye(a.shape[1]), a.T @ y[train])
+  test = ~train
+  resid = ((x[test] @ w - y[test]) ** 2).sum(0)
+  total = ((y[test] - y[test].mean(0)) ** 2).sum(0)
+  return 1.0 - resid / np.maximum(total, 1e-12)
+
+
+def probe_codes(model, variables, eval_set, batch_size: int = 32) -> dict[str, dict[str, float]]:
+  """What E_n's codes carry and what G's pose follows, on SynthTalk's held-out identities.
+
+  - `pose_code_r2` / `mouth_feature_r2`: held-out R^2 of a linear read-out of each truth quantity
+    (pose keys, mouth_open) from the pose code / the visual mouth feature of the truth frames,
+    fitted on the first two thirds of the triples and scored on the rest (other identities).
+  - `follows_pose_source` / `follows_reference`: correlation over frames between the generated
+    frames' measured yaw, pitch, roll and the pose source's truth (reference fixed), and the
+    reference's truth (reference varying, pose source fixed); mean over triples.
+  """
+  import jax
+  import jax.numpy as jnp
+  from data_pipeline.synthtalk import analyzer
+  from pcavs_jax import audio as audio_lib
+
+  encode = jax.jit(lambda v, x: model.apply(v, x, method=model.encode_nonidentity))
+  drive = jax.jit(lambda v, r, m, p: model.apply(v, r, m, p, method=model.infer)["driven"])
+  to_model = lambda frames: jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
+  to_uint8 = lambda x: np.asarray(jnp.clip((x + 1.0) * 127.5, 0, 255)).astype(np.uint8)
+  keys = POSE_KEYS + ("mouth_open",)
+  pose_codes, mouths, truths, groups = [], [], [], []
+  follows = {"follows_pose_source": [], "follows_reference": []}
+  for i, tr in enumerate(eval_set.triples):
+    t = tr.num_frames
+    for start in range(0, t, batch_size):
+      out = encode(variables, to_model(tr.truth_frames[start:start + batch_size]))
+      pose_codes.append(np.asarray(out["pose_code"]))
+      mouths.append(np.asarray(out["mouth"]))
+    truths.append(np.stack([tr.truth[k] for k in keys], axis=1))
+    groups.append(np.full(t, i))
+    mel = jnp.asarray(audio_lib.mel_windows(tr.mel, 1))
+    first = lambda frames: np.repeat(frames[:1], t, axis=0)
+    for name, refs, poses, truth in (
+        ("follows_pose_source", first(tr.reference_frames), tr.pose_frames[:t], tr.truth),
+        ("follows_reference", tr.reference_frames[:t], first(tr.pose_frames), tr.reference_truth)):
+      frames = np.concatenate([
+          to_uint8(drive(variables, to_model(refs[s:s + batch_size]),
+                         jnp.repeat(mel, len(refs[s:s + batch_size]), axis=0),
+                         to_model(poses[s:s + batch_size])))
+          for s in range(0, t, batch_size)])
+      measured = analyzer.analyze_frames(frames)
+      follows[name].append([_corr(measured[k], truth[k][:t]) for k in ("yaw", "pitch", "roll")])
+  groups = np.concatenate(groups)
+  train = groups < (2 * len(eval_set.triples)) // 3
+  truths = np.concatenate(truths)
+  report = {}
+  for name, feats in (("pose_code_r2", pose_codes), ("mouth_feature_r2", mouths)):
+    report[name] = dict(zip(keys, heldout_r2(np.concatenate(feats), truths, train).tolist()))
+  for name, rows in follows.items():
+    report[name] = dict(zip(("yaw", "pitch", "roll"), np.nanmean(np.asarray(rows), 0).tolist()))
+  return report
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+  """Pearson correlation over the frames both have; NaN when either side is constant."""
+  ok = np.isfinite(a) & np.isfinite(b)
+  a, b = a[ok], b[ok]
+  if a.size < 3 or a.std() == 0 or b.std() == 0:
+    return float("nan")
+  return float(np.corrcoef(a, b)[0, 1])
+
+
 def write_videos(generated: dict[str, np.ndarray], eval_set_path: str, out_dir: str) -> None:
   """One mp4 per triple with C's audio: the generate command's panel, the truth as last column."""
   from data_pipeline.synthtalk import crossdriven

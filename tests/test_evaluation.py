@@ -215,3 +215,18 @@ def test_synthtalk_exact_measures(checkpoint, tmp_path, capsys):
   table = capsys.readouterr().out
   assert "baseline copy_reference" in table and "mouth err" in table
   assert "1 of 2 triples have no generated video" in table
+
+
+def test_heldout_r2_reads_linear_codes_and_not_noise():
+  from pcavs_jax.cross_driven import heldout_r2
+  rng = np.random.default_rng(0)
+  truth = rng.normal(size=(300, 2))
+  train = np.arange(300) < 200
+  mixed = truth @ rng.normal(size=(2, 6)) + 0.01 * rng.normal(size=(300, 6))
+  np.testing.assert_allclose(heldout_r2(mixed, truth, train), 1.0, atol=1e-2)
+  noise = rng.normal(size=(300, 6))
+  assert np.all(heldout_r2(noise, truth, train) < 0.1)
+  # One target carried, one not.
+  half = np.concatenate([truth[:, :1], noise], axis=1)
+  r2 = heldout_r2(half, truth, train)
+  assert r2[0] > 0.95 and r2[1] < 0.1

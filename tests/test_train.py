@@ -218,6 +218,14 @@ def test_synthtalk_curve_scores_every_kept_checkpoint(runs, tmp_path):
   assert latest["generated"]["x000"].shape == (12, 64, 64, 3)
   assert all({"mouth_ratio", "pose_ratio", "lag"} <= set(r) for r in rows)
   assert "mouth_ratio" in cross_driven.curve_table(rows)
+  from pcavs_jax.checkpoint import load_checkpoint
+  model, variables = load_checkpoint(str(runs["whole"]))
+  probe = cross_driven.probe_codes(model, variables, crossdriven.load_eval_set(es_path))
+  assert set(probe["pose_code_r2"]) == set(cross_driven.POSE_KEYS) | {"mouth_open"}
+  assert all(v <= 1.0 for row in ("pose_code_r2", "mouth_feature_r2")
+             for v in probe[row].values())
+  assert all(np.isnan(v) or -1.0 <= v <= 1.0 for row in ("follows_pose_source", "follows_reference")
+             for v in probe[row].values())
 
 
 def test_mouth_l1_term_weights_only_the_mouth_box():
