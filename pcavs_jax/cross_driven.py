@@ -132,13 +132,12 @@ def probe_codes(model, variables, eval_set, batch_size: int = 32) -> dict[str, d
   """
   import jax
   import jax.numpy as jnp
-  from data_pipeline.synthtalk import analyzer
+  from data_pipeline.synthtalk import analyzer, scoring
   from pcavs_jax import audio as audio_lib
 
   encode = jax.jit(lambda v, x: model.apply(v, x, method=model.encode_nonidentity))
   drive = jax.jit(lambda v, r, m, p: model.apply(v, r, m, p, method=model.infer)["driven"])
   to_model = lambda frames: jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
-  to_uint8 = lambda x: np.asarray(jnp.clip((x + 1.0) * 127.5, 0, 255)).astype(np.uint8)
   keys = POSE_KEYS + ("mouth_open",)
   pose_codes, mouths, truths, groups = [], [], [], []
   follows = {"follows_pose_source": [], "follows_reference": []}
@@ -156,12 +155,15 @@ def probe_codes(model, variables, eval_set, batch_size: int = 32) -> dict[str, d
         ("follows_pose_source", first(tr.reference_frames), tr.pose_frames[:t], tr.truth),
         ("follows_reference", tr.reference_frames[:t], first(tr.pose_frames), tr.reference_truth)):
       frames = np.concatenate([
-          to_uint8(drive(variables, to_model(refs[s:s + batch_size]),
-                         jnp.repeat(mel, len(refs[s:s + batch_size]), axis=0),
-                         to_model(poses[s:s + batch_size])))
+          np.asarray(drive(variables, to_model(refs[s:s + batch_size]),
+                           jnp.repeat(mel, len(refs[s:s + batch_size]), axis=0),
+                           to_model(poses[s:s + batch_size])))
           for s in range(0, t, batch_size)])
-      measured = analyzer.analyze_frames(frames)
-      follows[name].append([_corr(measured[k], truth[k][:t]) for k in ("yaw", "pitch", "roll")])
+      measured = analyzer.analyze_frames(
+          scoring.to_uint8(frames, eval_set.resolution, value_range=(-1.0, 1.0)))
+      # The lag-0 correlation of the scoring's cross-correlation (NaN frames take the mean).
+      follows[name].append([scoring._xcorr(measured[k], truth[k][:t], 0)[2]  # pylint: disable=protected-access
+                            for k in ("yaw", "pitch", "roll")])
   groups = np.concatenate(groups)
   train = groups < (2 * len(eval_set.triples)) // 3
   truths = np.concatenate(truths)
@@ -169,17 +171,8 @@ def probe_codes(model, variables, eval_set, batch_size: int = 32) -> dict[str, d
   for name, feats in (("pose_code_r2", pose_codes), ("mouth_feature_r2", mouths)):
     report[name] = dict(zip(keys, heldout_r2(np.concatenate(feats), truths, train).tolist()))
   for name, rows in follows.items():
-    report[name] = dict(zip(("yaw", "pitch", "roll"), np.nanmean(np.asarray(rows), 0).tolist()))
+    report[name] = dict(zip(("yaw", "pitch", "roll"), np.mean(np.asarray(rows), 0).tolist()))
   return report
-
-
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-  """Pearson correlation over the frames both have; NaN when either side is constant."""
-  ok = np.isfinite(a) & np.isfinite(b)
-  a, b = a[ok], b[ok]
-  if a.size < 3 or a.std() == 0 or b.std() == 0:
-    return float("nan")
-  return float(np.corrcoef(a, b)[0, 1])
 
 
 def write_videos(generated: dict[str, np.ndarray], eval_set_path: str, out_dir: str) -> None:

@@ -81,9 +81,10 @@ def box_l1_loss(x: Array, y: Array, box: Sequence[float]) -> Array:
   if not 0.0 <= top < bottom <= 1.0 or not 0.0 <= left < right <= 1.0:
     raise ValueError(f"box {tuple(box)} is not (top, bottom, left, right) fractions "
                      "with top < bottom and left < right inside [0, 1]")
-  h, w = x.shape[1:3]
-  rows = slice(int(round(top * h)), max(int(round(bottom * h)), int(round(top * h)) + 1))
-  cols = slice(int(round(left * w)), max(int(round(right * w)), int(round(left * w)) + 1))
+  def span(lo: float, hi: float, n: int) -> slice:
+    start = int(round(lo * n))
+    return slice(start, max(int(round(hi * n)), start + 1))   # at least one pixel
+  rows, cols = span(top, bottom, x.shape[1]), span(left, right, x.shape[2])
   return l1_loss(x[:, rows, cols], y[:, rows, cols])
 
 
