@@ -92,7 +92,7 @@ def _g_losses(outputs, d_out, batch: Batch, loss_config, vgg_params) -> tuple[ja
       fake = outputs[f"fake_{name}"]
       if w.l1_image > 0:
         terms[f"l1_image_{name}"] = w.l1_image * losses.l1_loss(fake, batch["target"])
-      if w.get("mouth_l1", 0.0) > 0:
+      if w.mouth_l1 > 0:
         terms[f"mouth_l1_{name}"] = w.mouth_l1 * losses.box_l1_loss(fake, batch["target"],
                                                                    w.mouth_box)
       if vgg_params is not None and w.vgg > 0:

@@ -17,6 +17,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -39,10 +40,21 @@ def _run_together(runs: dict[str, list[str]], tmp_path, timeout=1200) -> dict[st
           [sys.executable, str(WORKER), *args, "--out", str(tmp_path / f"{name}.json")],
           env=env, stdout=log, stderr=subprocess.STDOUT)
   try:
+    # Poll all of them: whichever worker fails first is reported at once, in any order.
+    deadline = time.monotonic() + timeout
+    while True:
+      codes = [p.poll() for p in procs.values()]      # every one, so each returncode is fresh
+      if None not in codes or any(c not in (None, 0) for c in codes):
+        break
+      if time.monotonic() > deadline:
+        break
+      time.sleep(1.0)
+    logs = {name: (tmp_path / f"{name}.log").read_text() for name in procs}
     for name, proc in procs.items():
-      proc.wait(timeout=timeout)
-      log = (tmp_path / f"{name}.log").read_text()
-      assert proc.returncode == 0, f"{name} worker failed:\n{log[-4000:]}"
+      assert proc.returncode in (None, 0), f"{name} worker failed:\n{logs[name][-4000:]}"
+    for name, proc in procs.items():
+      assert proc.returncode is not None, \
+          f"{name} worker still running after {timeout} s:\n{logs[name][-4000:]}"
   finally:
     # A failed worker leaves its peers waiting in collectives: stop them, not the whole run.
     for proc in procs.values():
