@@ -114,6 +114,35 @@ def test_channel_plan(resolution, start, chans):
   assert [c for _, c in generator_channels(224)] == [512, 512, 512, 512, 256, 128]
 
 
+def test_generator_width_widens_only_g_and_the_identity_map():
+  from configs.default import model_config
+  from pcavs_jax.models.pcavs import abstract_variables, build_model
+  c = model_config(64, 0.125)
+  c.feature_dim, c.mouth_dim, c.num_classes = 64, 64, 16
+  shared = abstract_variables(build_model(c))["params"]
+  c.generator_width = 0.25
+  wide = abstract_variables(build_model(c))["params"]
+  # Every G layer has twice the channels; the identity map follows G's first layer.
+  assert wide["generator"]["convs_1"]["bias"].shape == (128,)
+  assert shared["generator"]["convs_1"]["bias"].shape == (64,)
+  assert wide["identity_encoder"]["conv1x1"]["kernel"].shape[-1] == 128
+  assert shared["identity_encoder"]["conv1x1"]["kernel"].shape[-1] == 64
+  # The other networks keep the shared width.
+  for net in ("nonidentity_encoder", "audio_encoder"):
+    assert jax.tree.map(lambda a: a.shape, wide[net]) == jax.tree.map(lambda a: a.shape, shared[net])
+  assert (wide["identity_encoder"]["layer4_0"]["conv1"]["kernel"].shape
+          == shared["identity_encoder"]["layer4_0"]["conv1"]["kernel"].shape)
+
+
+def test_official_conversion_refuses_a_separate_generator_width(tmp_path):
+  from configs.default import model_config
+  from pcavs_jax.convert.official import convert_official
+  c = model_config()
+  c.generator_width = 0.5
+  with pytest.raises(ValueError, match="generator_width=0.5"):
+    convert_official(tmp_path, c)
+
+
 @pytest.mark.parametrize("resolution", [64, 56])
 def test_small_shapes(resolution):
   g = _tiny(resolution)

@@ -107,6 +107,9 @@ def convert_official(directory: str | os.PathLike, model_config, epoch: str | No
   """
   from pcavs_jax.models.pcavs import abstract_variables, build_discriminator, build_model
 
+  if model_config.get("generator_width", 0.0) not in (0.0, model_config.width):
+    raise ValueError(f"model.generator_width={model_config.generator_width}: official weights "
+                     f"have one width for every network; leave generator_width at 0")
   files = find_official_files(directory, epoch)
   report = ConversionReport(files=dict(files))
   model = build_model(model_config)

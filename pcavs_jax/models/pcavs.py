@@ -39,6 +39,8 @@ class PCAVS(nn.Module):
     hourglass_dropout: E_n's hourglass dropout in training (0.5 official).
     fixed_pose: ablation: the generator receives a zero pose code, so no pose is controllable.
     pose_grayscale: E_n reads the pose source's luminance only (off officially).
+    generator_width: G's own channel multiplier (and so the identity map's channels);
+      0 uses `width` (not in the paper, which has one width).
     dtype: compute dtype; parameters stay float32.
     bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training.
   """
@@ -53,14 +55,20 @@ class PCAVS(nn.Module):
   hourglass_dropout: float = 0.5
   fixed_pose: bool = False
   pose_grayscale: bool = False
+  generator_width: float = 0.0
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
+
+  @property
+  def g_width(self) -> float:
+    """G's channel multiplier: `generator_width`, or the shared `width` when it is 0."""
+    return self.generator_width or self.width
 
   def setup(self):
     size = start_size(self.resolution)
     self.identity_encoder = IdentityEncoder(
         width=self.width, num_classes=self.num_classes, map_size=size,
-        map_channels=generator_channels(self.resolution, self.width)[0][1],
+        map_channels=generator_channels(self.resolution, self.g_width)[0][1],
         dtype=self.dtype, bn_axis_name=self.bn_axis_name)
     self.nonidentity_encoder = NonIdentityEncoder(
         width=self.width, feature_dim=self.feature_dim, mouth_dim=self.mouth_dim,
@@ -72,7 +80,7 @@ class PCAVS(nn.Module):
         width=self.width, feature_dim=self.feature_dim, num_classes=self.num_classes,
         dtype=self.dtype, bn_axis_name=self.bn_axis_name)
     self.generator = Generator(
-        resolution=self.resolution, width=self.width,
+        resolution=self.resolution, width=self.g_width,
         style_dim=identity_dim(self.width) + self.mouth_dim + self.pose_dim, dtype=self.dtype)
 
   def encode_identity(self, references: Array, train: bool = False) -> dict[str, Array]:
