@@ -1,6 +1,7 @@
 """SynthTalk: determinism, exact re-rendering, phoneme-driven mouths, audio-free pose, the
 analyzer's accuracy, and the cross-driven scoring against its baselines."""
 import argparse
+import warnings
 
 import cv2
 import numpy as np
@@ -161,6 +162,15 @@ def test_analyzer_rejects_blank_frames():
     analyzer.analyze_frame(np.full((64, 64, 3), 128, np.uint8))
   read = analyzer.analyze_frames(np.full((2, 64, 64, 3), 128, np.uint8))
   assert np.isnan(read["yaw"]).all()
+
+
+def test_analyzer_rejects_a_black_face_without_warnings():
+  frame = np.full((64, 64, 3), 200, np.uint8)
+  cv2.ellipse(frame, (32, 32), (16, 22), 0, 0, 360, (0, 0, 0), -1)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    with pytest.raises(analyzer.AnalysisError, match="black"):
+      analyzer.analyze_frame(frame)
 
 
 def test_truth_scores_perfectly(eval_set):

@@ -91,6 +91,8 @@ def _background(img: np.ndarray) -> np.ndarray:
 def _shade_of(img: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Brightness factor and chroma distance of every pixel from colour `ref`."""
   ref = np.asarray(ref, np.float32)
+  if float(ref @ ref) < 1.0:  # a black "skin" (a generated frame gone dark) has no shading
+    raise AnalysisError(f"skin colour {ref.tolist()} is black")
   beta = (img @ ref) / np.float32(ref @ ref)
   resid = np.linalg.norm(img - beta[..., None] * ref, axis=-1)
   return beta, resid
