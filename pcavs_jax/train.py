@@ -24,7 +24,7 @@ from flax import jax_utils
 from pcavs_jax import train_steps
 from pcavs_jax.models.pcavs import build_discriminator, build_model
 from pcavs_jax.train_state import (GANTrainState, create_train_state, learning_rate_schedules,
-                                   stage_at, stage_schedule)
+                                   stage_at, stage_first_step, stage_schedule)
 
 from pcavs_jax.checkpoint import TRAIN_CHECKPOINT_DIR as CHECKPOINT_DIR
 
@@ -74,9 +74,11 @@ def maybe_initialize_distributed(config) -> None:
     jax.distributed.initialize()
 
 
-def initial_state(config, model, discriminator, stage: str | None = None) -> GANTrainState:
+def initial_state(config, model, discriminator, stage: str | None = None,
+                  first_step: int = 0) -> GANTrainState:
   """A fresh state at step 0 (on the host's CPU) with the optimisers of `stage` (default
-  config.train.stage), optionally from a pretrained checkpoint."""
+  config.train.stage), which starts at the run's step `first_step`, optionally from a
+  pretrained checkpoint."""
   rng = jax.random.key(config.seed)
   init_rng, d_rng, state_rng = jax.random.split(rng, 3)
   r = config.model.resolution
@@ -92,7 +94,7 @@ def initial_state(config, model, discriminator, stage: str | None = None) -> GAN
     if config.get("init_checkpoint"):
       g_params, stats["g"] = _load_init(config.init_checkpoint, g_params, stats["g"])
     return create_train_state(g_params, d_variables["params"], stats, config, stage=stage,
-                              rng=state_rng)
+                              rng=state_rng, first_step=first_step)
 
 
 def switch_stage(state: GANTrainState, config, stage: str) -> GANTrainState:
@@ -100,7 +102,8 @@ def switch_stage(state: GANTrainState, config, stage: str) -> GANTrainState:
   optimisers with fresh states (as the paper's stages are separate trainings); the G-side
   moving average goes on."""
   fresh = create_train_state(state.g_params, state.d_params, state.batch_stats, config,
-                             stage=stage, rng=state.rng, ema_params=state.ema_params)
+                             stage=stage, rng=state.rng, ema_params=state.ema_params,
+                             first_step=int(state.step))
   return fresh.replace(step=state.step)
 
 
@@ -247,7 +250,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANTr
   # switched to the next stage before the boundary step's checkpoint is written).
   latest = manager.latest_step()
   stage = stage_at(schedule, latest or 0)
-  state = initial_state(config, model, discriminator, stage)
+  state = initial_state(config, model, discriminator, stage,
+                        stage_first_step(schedule, latest or 0))
   if latest is not None:
     state = restore_checkpoint(manager, state)
     logging.info("resumed from %s at step %d", manager.directory, int(state.step))

@@ -113,6 +113,15 @@ def stage_at(schedule: Sequence[tuple[str, int]], step: int) -> str:
   return current
 
 
+def stage_first_step(schedule: Sequence[tuple[str, int]], step: int) -> int:
+  """The first step of the stage that runs at `step` (the entry `stage_at` picks)."""
+  first = schedule[0][1]
+  for _, start in schedule:
+    if start <= step:
+      first = start
+  return first
+
+
 def _train_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Accepts the whole config (reads `config.train`) or the train ConfigDict itself."""
   return config.train if "train" in config else config
@@ -203,7 +212,7 @@ def trainable_mask(g_params: PyTree, patterns: Sequence[tuple[str, ...]] | None)
 
 
 def make_optimizers(config: ml_collections.ConfigDict, stage: str | None = None,
-                    trainable: Sequence[tuple[str, ...]] | None = None
+                    trainable: Sequence[tuple[str, ...]] | None = None, first_step: int = 0
                     ) -> dict[str, optax.GradientTransformation]:
   """The TTUR optimisers of one training stage.
 
@@ -211,6 +220,8 @@ def make_optimizers(config: ml_collections.ConfigDict, stage: str | None = None,
     config: the config (or its `train` part), see `train_config`.
     stage: one of `STAGES`; defaults to `config.train.stage`.
     trainable: overrides the stage's G-side trainable paths (`STAGE_TRAINABLE` format).
+    first_step: the run's step at which the stage starts. Optimiser states count from 0 in
+      every stage; the learning rates follow the run's step, as `learning_rate_schedules`.
 
   Returns:
     dict(generator=tx, discriminator=tx). The generator tx expects g_params keyed by network;
@@ -225,14 +236,16 @@ def make_optimizers(config: ml_collections.ConfigDict, stage: str | None = None,
   patterns = STAGE_TRAINABLE[stage] if trainable is None else tuple(map(tuple, trainable))
   # Which stage runs comes from the arguments; the rest of `t` defines the optimisers.
   fields = {k: v for k, v in t.items() if k not in ("stage", "schedule")}
-  return dict(_optimizers(ml_collections.FrozenConfigDict(fields), stage, patterns))
+  return dict(_optimizers(ml_collections.FrozenConfigDict(fields), stage, patterns,
+                          int(first_step)))
 
 
 @functools.lru_cache(maxsize=64)
 def _optimizers(t: ml_collections.FrozenConfigDict, stage: str,
-                patterns: tuple[tuple[str, ...], ...] | None
+                patterns: tuple[tuple[str, ...], ...] | None, first_step: int
                 ) -> dict[str, optax.GradientTransformation]:
-  schedules = learning_rate_schedules(t)
+  schedules = {k: (lambda count, s=s: s(count + first_step)) if first_step else s
+               for k, s in learning_rate_schedules(t).items()}
 
   g_base = _g_optimizer(t, schedules["generator"])
   if patterns is None:
@@ -322,7 +335,8 @@ def create_train_state(g_params: Mapping[str, PyTree], d_params: PyTree,
                        config: ml_collections.ConfigDict, stage: str | None = None,
                        rng: jax.Array | None = None,
                        trainable: Sequence[tuple[str, ...]] | None = None,
-                       ema_params: Mapping[str, PyTree] | None = None) -> GANTrainState:
+                       ema_params: Mapping[str, PyTree] | None = None,
+                       first_step: int = 0) -> GANTrainState:
   """Builds the optimisers of `stage` and a fresh `GANTrainState` at step 0.
 
   Args:
@@ -336,6 +350,8 @@ def create_train_state(g_params: Mapping[str, PyTree], d_params: PyTree,
     trainable: overrides the stage's G-side trainable paths.
     ema_params: the moving average to carry on with (default: a copy of g_params); unused
       when `train.ema_decay` is 0.
+    first_step: the run's step at which `stage` starts (its learning rates follow the run's
+      step; see `make_optimizers`).
 
   Returns:
     the state.
@@ -345,7 +361,7 @@ def create_train_state(g_params: Mapping[str, PyTree], d_params: PyTree,
     raise ValueError(f"g_params must be keyed by networks {GNetworks}; got {sorted(g_params)}")
   t = _train_fields(config)
   stage = stage or t.stage
-  txs = make_optimizers(t, stage, trainable)
+  txs = make_optimizers(t, stage, trainable, first_step)
   patterns = STAGE_TRAINABLE[stage] if trainable is None else tuple(map(tuple, trainable))
   _check_trainable_paths(g_params, patterns)
   g_params = dict(g_params)

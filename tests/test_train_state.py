@@ -193,6 +193,8 @@ def test_stage_schedule_parsing():
   assert schedule == [("identity", 0), ("sync", 1000), ("full", 1500)]
   assert [ts.stage_at(schedule, s) for s in (0, 999, 1000, 1499, 1500, 10**6)] == [
       "identity", "identity", "sync", "sync", "full", "full"]
+  assert [ts.stage_first_step(schedule, s) for s in (0, 999, 1000, 1499, 1500, 10**6)] == [
+      0, 0, 1000, 1000, 1500, 1500]
   for bad, match in (("identity:10,gan", "unknown stage 'gan'"),
                      ("identity,full", "needs a positive step count"),
                      ("identity:0,full", "needs a positive step count"),
@@ -200,3 +202,25 @@ def test_stage_schedule_parsing():
     cfg.schedule = bad
     with pytest.raises(ValueError, match=match):
       ts.stage_schedule(cfg)
+
+
+@pytest.mark.parametrize("amsgrad", [True, False])
+def test_a_later_stage_follows_the_runs_learning_rate(amsgrad):
+  """A stage's optimisers start counting at 0, but apply the rate of the run's step."""
+  config = _config(lr=1e-3, ttur=False, amsgrad=amsgrad, decay_start_step=100,
+                   decay_end_step=200, final_lr_fraction=0.0)
+  rates = ts.learning_rate_schedules(config)
+  x = {"w": jnp.zeros(())}
+  for first_step in (0, 120, 150, 250):
+    txs = ts.make_optimizers(config, "full", first_step=first_step)
+    for side, tx in txs.items():
+      state = tx.init(x)
+      for k in range(3):   # beta1 0: each step moves by the rate times sign(gradient)
+        up, state = tx.update({"w": jnp.asarray(2.0)}, state, x)
+        assert -float(up["w"]) == pytest.approx(float(rates[side](first_step + k)), rel=1e-4,
+                                                abs=1e-12), (side, first_step, k)
+  # The state a stage switch builds carries the run's step into its optimisers.
+  state = ts.create_train_state(_g_params(), _d_params(), None, config, "full", first_step=150)
+  grads = jax.tree.map(jnp.ones_like, state.g_params)
+  up, _ = state.g_tx.update(grads, state.g_opt_state, state.g_params)
+  assert -float(up["generator"]["to_rgb"]["bias"][0]) == pytest.approx(5e-4, rel=1e-4)
