@@ -104,22 +104,22 @@ def stage_schedule(config: ml_collections.ConfigDict) -> list[tuple[str, int]]:
   return out
 
 
-def stage_at(schedule: Sequence[tuple[str, int]], step: int) -> str:
-  """The stage that step `step` (0-based: the step taken from state.step == step) belongs to."""
-  current = schedule[0][0]
-  for name, start in schedule:
-    if step >= start:
-      current = name
+def _stage_entry(schedule: Sequence[tuple[str, int]], step: int) -> tuple[str, int]:
+  current = schedule[0]
+  for entry in schedule:
+    if step >= entry[1]:
+      current = entry
   return current
 
 
+def stage_at(schedule: Sequence[tuple[str, int]], step: int) -> str:
+  """The stage that step `step` (0-based: the step taken from state.step == step) belongs to."""
+  return _stage_entry(schedule, step)[0]
+
+
 def stage_first_step(schedule: Sequence[tuple[str, int]], step: int) -> int:
-  """The first step of the stage that runs at `step` (the entry `stage_at` picks)."""
-  first = schedule[0][1]
-  for _, start in schedule:
-    if start <= step:
-      first = start
-  return first
+  """The first step of the stage that runs at `step`."""
+  return _stage_entry(schedule, step)[1]
 
 
 def _train_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
