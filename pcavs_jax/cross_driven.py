@@ -162,7 +162,7 @@ def probe_codes(model, variables, eval_set, batch_size: int = 32) -> dict[str, d
       measured = analyzer.analyze_frames(
           scoring.to_uint8(frames, eval_set.resolution, value_range=(-1.0, 1.0)))
       # The lag-0 correlation of the scoring's cross-correlation (NaN frames take the mean).
-      follows[name].append([scoring._xcorr(measured[k], truth[k][:t], 0)[2]  # pylint: disable=protected-access
+      follows[name].append([scoring.lagged_correlation(measured[k], truth[k][:t], 0)[2]
                             for k in ("yaw", "pitch", "roll")])
   groups = np.concatenate(groups)
   train = groups < (2 * len(eval_set.triples)) // 3

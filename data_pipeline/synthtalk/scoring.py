@@ -72,7 +72,7 @@ def _psnr(gen: np.ndarray, truth: np.ndarray) -> float:
       truth, gen, data_range=255)))
 
 
-def _xcorr(g: np.ndarray, h: np.ndarray, max_lag: int) -> tuple[float, float, float]:
+def lagged_correlation(g: np.ndarray, h: np.ndarray, max_lag: int) -> tuple[float, float, float]:
   """(lag, peak correlation, correlation at lag 0) of g against h; g[t] ~ h[t - lag]."""
   ok = np.isfinite(g) & np.isfinite(h)
   if ok.sum() < 4:
@@ -138,7 +138,7 @@ def _score_triple(generated, triple, max_lag, value_range) -> dict[str, float]:
     pose.append(d / rng)
   out["pose_err"] = float(np.nanmean(np.stack(pose)))
   out["identity_err"] = float(np.nanmean(_identity_distance(read, ref)))
-  lag, sync, sync0 = _xcorr(read["mouth_open"], ref["mouth_open"], max_lag)
+  lag, sync, sync0 = lagged_correlation(read["mouth_open"], ref["mouth_open"], max_lag)
   out.update(lag=lag, abs_lag=abs(lag), sync=sync, sync0=sync0)
   out["analysis_failures"] = float(np.mean(~np.isfinite(read["yaw"])))
   return out
