@@ -9,7 +9,8 @@ import pytest
 from pcavs_jax.convert import map_encoders
 from pcavs_jax.convert.layouts import KeyReader, unread_keys
 from pcavs_jax.models.encoders import (AudioEncoder, IdentityEncoder, NonIdentityEncoder,
-                                       adaptive_avg_pool_matrix, bilinear_matrix, hourglass_depth)
+                                       adaptive_avg_pool_matrix, bilinear_matrix,
+                                       block_diagonal_conv, hourglass_depth)
 from pcavs_jax.utils import LUMA_WEIGHTS
 
 PARITY_ATOL = 1e-4
@@ -105,6 +106,59 @@ def test_hourglass_depth():
   assert hourglass_depth(56) == 4    # 224 px
   assert hourglass_depth(16) == 4    # 64 px
   assert hourglass_depth(14) == 3    # 56 px: 14, 7, 3, 1
+
+
+# ----------------------------------------------------------------------------- grouped convs
+
+
+@pytest.mark.parametrize("groups,stride,layout", [(4, 1, ("NHWC", "HWIO", "NHWC")),
+                                                  (4, 2, ("NHWC", "HWIO", "NHWC")),
+                                                  (8, 1, ("NCHW", "OIHW", "NCHW"))])
+def test_block_diagonal_conv_matches_grouped_conv(groups, stride, layout):
+  rng = np.random.default_rng(0)
+  channels_last = layout[0] == "NHWC"
+  x = jnp.asarray(rng.normal(size=(2, 9, 9, 16) if channels_last else (2, 16, 9, 9)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 16 // groups, 24) if channels_last
+                             else (24, 16 // groups, 3, 3)), jnp.float32)
+
+  def loss(conv, x, w):
+    y = conv(x, w, (stride, stride), ((1, 1), (1, 1)), feature_group_count=groups,
+             dimension_numbers=layout, precision=jax.lax.Precision.HIGHEST)
+    return jnp.sum(jnp.sin(y)), y
+
+  (_, want), want_grads = jax.value_and_grad(
+      lambda x, w: loss(jax.lax.conv_general_dilated, x, w), (0, 1), has_aux=True)(x, w)
+  (_, got), got_grads = jax.value_and_grad(
+      lambda x, w: loss(block_diagonal_conv, x, w), (0, 1), has_aux=True)(x, w)
+  np.testing.assert_allclose(got, want, atol=1e-4)
+  for g, w_ in zip(got_grads, want_grads):
+    np.testing.assert_allclose(g, w_, atol=1e-4)
+
+
+def test_identity_encoder_dense_groups_same_parameters_and_outputs():
+  x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 64, 64, 3)), jnp.float32)
+  kw = dict(num_classes=16, map_size=4, map_channels=32, **_SMALL)
+  grouped, dense = (IdentityEncoder(grouped_convs="grouped", **kw),
+                    IdentityEncoder(grouped_convs="dense", **kw))
+  variables = grouped.init(jax.random.PRNGKey(0), x)
+  assert (jax.tree.map(jnp.shape, dense.init(jax.random.PRNGKey(0), x))
+          == jax.tree.map(jnp.shape, variables))
+  assert variables["params"]["layer1_0"]["conv2"]["kernel"].shape[2] == 4   # 16 / 4 groups
+
+  def loss(model, params):
+    out = model.apply({**variables, "params": params}, x)
+    return jnp.sum(out["id_vector"] ** 2) + jnp.sum(out["id_map"])
+
+  def close(a, b):   # float32 sums in another order: relative to the leaf's largest entry
+    assert np.max(np.abs(a - b)) <= 1e-4 * np.max(np.abs(b)) + 1e-6
+
+  for model in (grouped, dense):
+    np.testing.assert_allclose(model.apply(variables, x)["id_vector"],
+                               grouped.apply(variables, x)["id_vector"], atol=1e-4)
+  want, got = (jax.grad(loss, 1)(m, variables["params"]) for m in (grouped, dense))
+  jax.tree.map(close, got, want)
+  with pytest.raises(ValueError, match="grouped_convs must be one of"):
+    IdentityEncoder(grouped_convs="fast", **kw).init(jax.random.PRNGKey(0), x)
 
 
 # ----------------------------------------------------------------------------- small configs
