@@ -22,7 +22,7 @@ def model_config(resolution: int = 224, width: float = 1.0) -> ml_collections.Co
   m.fixed_pose = False             # ablation: zero pose code
   m.pose_grayscale = False         # E_n reads luminance only (not in the paper)
   m.generator_width = 0.0          # G's own channel multiplier; 0: `width` (not in the paper)
-  m.grouped_convs = "auto"         # E_i's grouped convs: grouped | dense | auto (dense on CPU)
+  m.grouped_conv_grads = "auto"    # E_i's grouped-conv gradients: native | dense | auto (CPU: dense)
   m.d_scales = 2
   m.d_layers = 4
   m.d_channels = 64

@@ -10,7 +10,8 @@ from pcavs_jax.convert import map_encoders
 from pcavs_jax.convert.layouts import KeyReader, unread_keys
 from pcavs_jax.models.encoders import (AudioEncoder, IdentityEncoder, NonIdentityEncoder,
                                        adaptive_avg_pool_matrix, bilinear_matrix,
-                                       block_diagonal_conv, hourglass_depth)
+                                       block_diagonal_conv, grouped_conv_dense_grads,
+                                       hourglass_depth)
 from pcavs_jax.utils import LUMA_WEIGHTS
 
 PARITY_ATOL = 1e-4
@@ -114,7 +115,7 @@ def test_hourglass_depth():
 @pytest.mark.parametrize("groups,stride,layout", [(4, 1, ("NHWC", "HWIO", "NHWC")),
                                                   (4, 2, ("NHWC", "HWIO", "NHWC")),
                                                   (8, 1, ("NCHW", "OIHW", "NCHW"))])
-def test_block_diagonal_conv_matches_grouped_conv(groups, stride, layout):
+def test_dense_form_grouped_convs_match_grouped_conv(groups, stride, layout):
   rng = np.random.default_rng(0)
   channels_last = layout[0] == "NHWC"
   x = jnp.asarray(rng.normal(size=(2, 9, 9, 16) if channels_last else (2, 16, 9, 9)), jnp.float32)
@@ -128,18 +129,19 @@ def test_block_diagonal_conv_matches_grouped_conv(groups, stride, layout):
 
   (_, want), want_grads = jax.value_and_grad(
       lambda x, w: loss(jax.lax.conv_general_dilated, x, w), (0, 1), has_aux=True)(x, w)
-  (_, got), got_grads = jax.value_and_grad(
-      lambda x, w: loss(block_diagonal_conv, x, w), (0, 1), has_aux=True)(x, w)
-  np.testing.assert_allclose(got, want, atol=1e-4)
-  for g, w_ in zip(got_grads, want_grads):
-    np.testing.assert_allclose(g, w_, atol=1e-4)
+  for conv in (block_diagonal_conv, grouped_conv_dense_grads):
+    (_, got), got_grads = jax.jit(jax.value_and_grad(
+        lambda x, w: loss(conv, x, w), (0, 1), has_aux=True))(x, w)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    for g, w_ in zip(got_grads, want_grads):
+      np.testing.assert_allclose(g, w_, atol=1e-4)
 
 
-def test_identity_encoder_dense_groups_same_parameters_and_outputs():
+def test_identity_encoder_dense_gradients_same_parameters_outputs_and_gradients():
   x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 64, 64, 3)), jnp.float32)
   kw = dict(num_classes=16, map_size=4, map_channels=32, **_SMALL)
-  grouped, dense = (IdentityEncoder(grouped_convs="grouped", **kw),
-                    IdentityEncoder(grouped_convs="dense", **kw))
+  grouped, dense = (IdentityEncoder(grouped_conv_grads="native", **kw),
+                    IdentityEncoder(grouped_conv_grads="dense", **kw))
   variables = grouped.init(jax.random.PRNGKey(0), x)
   assert (jax.tree.map(jnp.shape, dense.init(jax.random.PRNGKey(0), x))
           == jax.tree.map(jnp.shape, variables))
@@ -157,8 +159,8 @@ def test_identity_encoder_dense_groups_same_parameters_and_outputs():
                                grouped.apply(variables, x)["id_vector"], atol=1e-4)
   want, got = (jax.grad(loss, 1)(m, variables["params"]) for m in (grouped, dense))
   jax.tree.map(close, got, want)
-  with pytest.raises(ValueError, match="grouped_convs must be one of"):
-    IdentityEncoder(grouped_convs="fast", **kw).init(jax.random.PRNGKey(0), x)
+  with pytest.raises(ValueError, match="grouped_conv_grads must be one of"):
+    IdentityEncoder(grouped_conv_grads="fast", **kw).init(jax.random.PRNGKey(0), x)
 
 
 # ----------------------------------------------------------------------------- small configs

@@ -41,8 +41,8 @@ class PCAVS(nn.Module):
     pose_grayscale: E_n reads the pose source's luminance only (off officially).
     generator_width: G's own channel multiplier (and so the identity map's channels);
       0 uses `width` (not in the paper, which has one width).
-    grouped_convs: E_i's grouped convs as 'grouped', 'dense' (block-diagonal: same result,
-      much faster gradients on CPU) or 'auto' (dense on the CPU backend).
+    grouped_conv_grads: E_i's grouped-conv gradients, 'native', 'dense' (block-diagonal form:
+      same result, much faster on CPU) or 'auto' (dense on the CPU backend).
     dtype: compute dtype; parameters stay float32.
     bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training.
   """
@@ -58,7 +58,7 @@ class PCAVS(nn.Module):
   fixed_pose: bool = False
   pose_grayscale: bool = False
   generator_width: float = 0.0
-  grouped_convs: str = "auto"
+  grouped_conv_grads: str = "auto"
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
 
@@ -72,7 +72,7 @@ class PCAVS(nn.Module):
     self.identity_encoder = IdentityEncoder(
         width=self.width, num_classes=self.num_classes, map_size=size,
         map_channels=generator_channels(self.resolution, self.g_width)[0][1],
-        grouped_convs=self.grouped_convs,
+        grouped_conv_grads=self.grouped_conv_grads,
         dtype=self.dtype, bn_axis_name=self.bn_axis_name)
     self.nonidentity_encoder = NonIdentityEncoder(
         width=self.width, feature_dim=self.feature_dim, mouth_dim=self.mouth_dim,
