@@ -153,7 +153,7 @@ def grouped_conv_dense_grads(lhs: Array, rhs: Array, window_strides, padding, *,
   return f(lhs, rhs)
 
 
-def dense_grouped_conv_grads(mode: str) -> bool:
+def use_dense_conv_grads(mode: str) -> bool:
   """Whether grouped convs take `grouped_conv_dense_grads`: mode 'dense', or 'auto' on CPU."""
   if mode not in GROUPED_CONV_GRADIENTS:
     raise ValueError(f"grouped_conv_grads must be one of {GROUPED_CONV_GRADIENTS}, got {mode!r}")
@@ -271,7 +271,7 @@ class IdentityEncoder(nn.Module):
     # width_per_group=4), doubling per stage. With `width` the group count scales so
     # that layer1 keeps 4 channels per group.
     groups = max(1, scaled_channels(64, self.width) * 2 // 4)
-    dense_grads = dense_grouped_conv_grads(self.grouped_conv_grads)
+    dense_grads = use_dense_conv_grads(self.grouped_conv_grads)
     for stage, blocks in enumerate(self.stage_blocks):
       planes = scaled_channels(64 * 2**stage, self.width)
       width, out_channels = 2 * planes, 4 * planes
