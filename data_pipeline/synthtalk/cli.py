@@ -5,8 +5,11 @@
 
 writes
   OUT/manifest.json, OUT/train/*.tfrecord, OUT/test/*.tfrecord   the clips (data_pipeline.records)
-  OUT/cross_driven/eval_set.npz (+ .json)                        the cross-driven triples
-  OUT/cross_driven/baselines.json                                the baselines' scores
+  OUT/cross_driven/eval_set.npz (+ .json), baselines.json        unseen: test identities' triples
+  OUT/cross_driven/seen_set.npz (+ .json), seen_baselines.json   seen: triples of held-out clips
+                                                                 of training identities
+  OUT/cross_driven/self_set.npz, self_baselines.json             with --self-driven: the training
+                                                                 clips driven by themselves
   OUT/synthtalk.json                                             the settings and the split
 """
 from __future__ import annotations
@@ -33,6 +36,14 @@ def register(subparsers) -> argparse.ArgumentParser:
                  help="fraction of identities held out as the test split")
   p.add_argument("--triples", type=int, default=None,
                  help="cross-driven triples (default: test identities x min(clips, 2))")
+  p.add_argument("--heldout-clips", type=int, default=1,
+                 help="extra clips per training identity that training never reads (the seen "
+                      "set's clips; 0: no seen set)")
+  p.add_argument("--seen-triples", type=int, default=None,
+                 help="seen-set triples (default: as many as unseen, else min(train ids, 24)); "
+                      "held-out clips are drawn for that many training identities")
+  p.add_argument("--self-driven", action="store_true",
+                 help="also write the self-driven set of every training clip (memorisation)")
   p.add_argument("--workers", type=int, default=1, help="rendering processes")
   p.add_argument("--num-shards", type=int, default=None, help="TFRecord shards per split")
   p.add_argument("--jpeg-quality", type=int, default=95)
@@ -51,9 +62,9 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-  """Builds the splits, the cross-driven set and its baseline scores; returns the exit code."""
+  """Builds the splits, the evaluation sets and their baseline scores; returns the exit code."""
   from data_pipeline import records
-  from data_pipeline.synthtalk import crossdriven, generate, scoring
+  from data_pipeline.synthtalk import crossdriven, generate
 
   _check(args)
   out = Path(args.out)
@@ -62,18 +73,20 @@ def run(args: argparse.Namespace) -> int:
   gen = lambda ids: generate.generate_clips(args.seed, ids, args.clips_per_identity,
                                             args.frames, args.resolution, args.workers)
   timings = {}
-  test_clips = []
+  kept = {"train": [], "test": []}
 
-  def keep(clips):
+  def keep(clips, into):
     for clip in clips:
-      test_clips.append(clip)
+      into.append(clip)
       yield clip
 
   for name, ids in (("train", split.train), ("test", split.test)):
     if not ids:
       continue
     start = time.time()
-    clips = keep(gen(ids)) if name == "test" else gen(ids)
+    clips = gen(ids)
+    if name == "test" or args.self_driven:
+      clips = keep(clips, kept[name])
     entry = records.write_clips(clips, out, name, num_shards=args.num_shards,
                                 jpeg_quality=args.jpeg_quality)
     took = time.time() - start
@@ -84,27 +97,59 @@ def run(args: argparse.Namespace) -> int:
   summary = {"seed": args.seed, "identities": args.identities,
              "clips_per_identity": args.clips_per_identity, "frames": args.frames,
              "resolution": args.resolution, "test_fraction": args.test_fraction,
+             "heldout_clips": args.heldout_clips,
              "train_identities": [generate.identity_name(i) for i in split.train],
              "test_identities": [generate.identity_name(i) for i in split.test],
-             "seconds": timings}
-  if test_clips:
-    start = time.time()
-    eval_set = crossdriven.build_eval_set(test_clips, args.triples)
-    crossdriven.save_eval_set(eval_set, out / "cross_driven" / "eval_set.npz")
-    summary["triples"] = len(eval_set)
-    print(f"synthtalk: cross-driven set: {len(eval_set)} triples "
-          f"({time.time() - start:.1f} s)", flush=True)
-    if not args.no_baselines:
-      scores = scoring.baseline_scores(eval_set)
-      (out / "cross_driven" / "baselines.json").write_text(json.dumps(scores, indent=1))
-      keys = ("ssim", "psnr", "mouth_err", "pose_err", "identity_err", "sync", "abs_lag")
-      print("synthtalk: baselines " + " ".join(f"{k:>12s}" for k in keys))
-      for name, s in scores.items():
-        print(f"  {name:16s}" + " ".join(f"{s[k]:12.3f}" for k in keys))
+             "seconds": timings, "triples": {}}
+  sets = {}
+  if kept["test"]:
+    sets["unseen"] = lambda: crossdriven.build_eval_set(kept["test"], args.triples)
   else:
-    print("synthtalk: no test identities, so no cross-driven set", flush=True)
+    print("synthtalk: no test identities, so no unseen cross-driven set", flush=True)
+  seen_ids = _seen_identities(args, split)
+  if seen_ids and args.heldout_clips > 0:
+    heldout = lambda: list(generate.generate_clips(
+        args.seed, seen_ids, args.heldout_clips, args.frames, args.resolution, args.workers,
+        first_clip=args.clips_per_identity))
+    sets["seen"] = lambda: crossdriven.build_eval_set(heldout(), len(seen_ids) if
+                                                      args.seen_triples is None else
+                                                      args.seen_triples, seen=True)
+  if args.self_driven and kept["train"]:
+    sets["self"] = lambda: crossdriven.build_self_driven_set(kept["train"])
+  for name, build in sets.items():
+    start = time.time()
+    eval_set = build()
+    set_file, _ = crossdriven.SET_FILES[name]
+    path = crossdriven.save_eval_set(eval_set, out / "cross_driven" / set_file)
+    summary["triples"][name] = len(eval_set)
+    print(f"synthtalk: {name} set: {len(eval_set)} triples ({time.time() - start:.1f} s)",
+          flush=True)
+    if not args.no_baselines:
+      _write_baselines(eval_set, path, name)
   (out / "synthtalk.json").write_text(json.dumps(summary, indent=1))
   return 0
+
+
+def _seen_identities(args: argparse.Namespace, split) -> tuple[int, ...]:
+  """The training identities whose held-out clips make the seen set (the first n)."""
+  if args.seen_triples is not None:
+    n = args.seen_triples
+  elif split.test:
+    n = args.triples or len(split.test) * min(args.clips_per_identity, 2)
+  else:
+    n = 24
+  return split.train[:max(min(n, len(split.train)), 0)]
+
+
+def _write_baselines(eval_set, set_path: Path, name: str) -> None:
+  """Scores the baselines of one set beside it, and prints them."""
+  from data_pipeline.synthtalk import crossdriven, scoring
+  scores = scoring.baseline_scores(eval_set)
+  crossdriven.baselines_path(set_path).write_text(json.dumps(scores, indent=1))
+  keys = ("ssim", "psnr", "mouth_err", "pose_err", "identity_err", "sync", "abs_lag")
+  print(f"synthtalk: {name} baselines " + " ".join(f"{k:>12s}" for k in keys))
+  for baseline, s in scores.items():
+    print(f"  {baseline:16s}" + " ".join(f"{s[k]:12.3f}" for k in keys), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,13 @@
-"""The cross-driven evaluation set: identity from clip A, pose from clip B, audio from clip C.
+"""The cross-driven evaluation sets: identity from clip A, pose from clip B, audio from clip C.
 
 Because SynthTalk can draw any (identity, pose, mouth), every triple has an exact ground-truth
 video: A's identity, B's per-frame pose and the mouth that C's audio implies. Triples are built
-deterministically from the test split (identities never seen in training).
+deterministically (`build_eval_set`) from
+- the test split: identities never seen in training (`unseen`, `eval_set.npz`);
+- held-out clips of training identities, clips the training never reads (`seen`,
+  `seen_set.npz`; A carries its training label, for E_i's identity read-out);
+and `build_self_driven_set` makes the self-driven set of training clips (`self`,
+`self_set.npz`: A = B = C, the memorisation check). `set_paths` finds the sets of a folder.
 
 Each triple also carries what the baselines need (`scoring.baseline_frames`): A's own truth
 (its static mouth and own pose at the reference frame), the mouth of a fourth clip D (audio
@@ -41,6 +46,7 @@ class CrossTriple:
     reference_truth: A's own per-frame truth (for the static-mouth and own-pose baselines).
     other_mouth: mouth truth of a clip D != C (the other-audio baseline).
     other_identity_params: parameters of a test identity != A (the wrong-identity baseline).
+    reference_label: A's identity class in training (-1: an identity training never saw).
   """
   triple_id: str
   reference_clip: str
@@ -57,6 +63,7 @@ class CrossTriple:
   reference_truth: dict[str, np.ndarray]
   other_mouth: dict[str, np.ndarray]
   other_identity_params: dict[str, np.ndarray]
+  reference_label: int = -1
 
   @property
   def num_frames(self) -> int:
@@ -79,8 +86,10 @@ class EvalSet:
     return len(self.triples)
 
 
-def build_eval_set(test_clips: Sequence[Clip], num_triples: int | None = None) -> EvalSet:
-  """Builds the triples from test-split clips, deterministically.
+def build_eval_set(test_clips: Sequence[Clip], num_triples: int | None = None,
+                   seen: bool = False) -> EvalSet:
+  """Builds the triples from test-split clips (or held-out clips of training identities),
+  deterministically.
 
   Triple k takes A from identity k mod n, B from the next identity and C from the one after
   (clip indices advancing with k // n), so pose and audio come from other identities whenever
@@ -89,6 +98,7 @@ def build_eval_set(test_clips: Sequence[Clip], num_triples: int | None = None) -
   Args:
     test_clips: the test split's clips (any order; sorted by clip id here).
     num_triples: how many; default n_identities * min(clips per identity, 2).
+    seen: the clips' identities are training identities: each triple keeps A's label.
 
   Returns:
     The evaluation set, with truth frames rendered and read by the analyzer.
@@ -129,8 +139,62 @@ def build_eval_set(test_clips: Sequence[Clip], num_triples: int | None = None) -
         audio=c.audio[:t * 640], mel=c.mel[:4 * t + 16], truth=truth, truth_frames=frames,
         readout=analyzer.analyze_frames(frames), reference_truth=dict(a.truth),
         other_mouth={key: d.truth[key][:t] for key in render.MOUTH_KEYS},
-        other_identity_params=dict(other.identity_params)))
+        other_identity_params=dict(other.identity_params),
+        reference_label=int(a.label) if seen else -1))
   return EvalSet(resolution, triples)
+
+
+def build_self_driven_set(clips: Sequence[Clip]) -> EvalSet:
+  """One self-driven triple per clip (A = B = C, sorted by clip id): identity from its frame 0,
+  pose and audio from the clip itself, so the truth is the clip. For the memorisation check
+  on training clips; each triple keeps the clip's label.
+
+  The other-audio baseline takes the next clip's mouth, the other-identity one the next
+  identity's parameters (A's own when there is one identity).
+  """
+  clips = sorted(clips, key=lambda c: c.clip_id)
+  if not clips:
+    raise ValueError("no clips for the self-driven set")
+  triples = []
+  for k, c in enumerate(clips):
+    d = clips[(k + 1) % len(clips)]
+    other = next((o for o in clips[k + 1:] + clips[:k] if o.identity != c.identity), c)
+    t = min(c.num_frames, d.num_frames)
+    truth = {key: c.truth[key][:t] for key in render.POSE_KEYS + MOUTH_KEYS if key in c.truth}
+    frames = render.render_frames(c.identity_params, truth, int(c.frames.shape[1]))
+    triples.append(CrossTriple(
+        triple_id=f"s{k:03d}", reference_clip=c.clip_id, pose_clip=c.clip_id,
+        audio_clip=c.clip_id, identity_params=dict(c.identity_params),
+        reference_frames=c.frames, pose_frames=c.frames[:t], audio=c.audio[:t * 640],
+        mel=c.mel[:4 * t + 16], truth=truth, truth_frames=frames,
+        readout=analyzer.analyze_frames(frames), reference_truth=dict(c.truth),
+        other_mouth={key: d.truth[key][:t] for key in render.MOUTH_KEYS},
+        other_identity_params=dict(other.identity_params), reference_label=int(c.label)))
+  return EvalSet(int(clips[0].frames.shape[1]), triples)
+
+
+# The sets a `cross_driven` folder may hold: name -> (set file, its baselines' scores).
+SET_FILES = {"unseen": ("eval_set.npz", "baselines.json"),
+             "seen": ("seen_set.npz", "seen_baselines.json"),
+             "self": ("self_set.npz", "self_baselines.json")}
+
+
+def set_paths(path: str | Path) -> dict[str, Path]:
+  """The evaluation sets of a `cross_driven` folder, or of the folder of one set file:
+  {name: path} for the `SET_FILES` that exist (any other file given is named by its stem)."""
+  path = Path(path)
+  folder = path if path.is_dir() else path.parent
+  found = {name: folder / f for name, (f, _) in SET_FILES.items() if (folder / f).exists()}
+  if path.is_file() and path not in found.values():
+    found = {path.stem: path, **found}
+  return found
+
+
+def baselines_path(set_path: str | Path) -> Path:
+  """Where the baselines' scores of a set file are kept (`SET_FILES`; else <stem>_baselines.json)."""
+  set_path = Path(set_path)
+  names = {f: b for f, b in SET_FILES.values()}
+  return set_path.parent / names.get(set_path.name, f"{set_path.stem}_baselines.json")
 
 
 _ARRAYS = ("reference_frames", "pose_frames", "audio", "mel", "truth_frames")
@@ -147,7 +211,7 @@ def save_eval_set(eval_set: EvalSet, path: str | Path) -> Path:
   index = {"resolution": eval_set.resolution, "triples": []}
   for t in eval_set.triples:
     index["triples"].append({"triple_id": t.triple_id, **{k: getattr(t, k) for k in _IDS},
-                             "num_frames": t.num_frames})
+                             "num_frames": t.num_frames, "reference_label": t.reference_label})
     for name in _ARRAYS:
       arrays[f"{t.triple_id}/{name}"] = getattr(t, name)
     for name in _DICTS:
@@ -168,6 +232,7 @@ def load_eval_set(path: str | Path) -> EvalSet:
   for entry in index["triples"]:
     tid = entry["triple_id"]
     fields = {k: entry[k] for k in _IDS}
+    fields["reference_label"] = int(entry.get("reference_label", -1))
     fields.update({name: stored[f"{tid}/{name}"] for name in _ARRAYS})
     for name in _DICTS:
       prefix = f"{tid}/{name}/"

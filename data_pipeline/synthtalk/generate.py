@@ -120,14 +120,17 @@ def _make(job: tuple[int, int, int, int, int]) -> Clip:
 
 
 def generate_clips(seed: int, identities: tuple[int, ...] | list[int], clips_per_identity: int,
-                   num_frames: int, resolution: int, workers: int = 1) -> Iterator[Clip]:
+                   num_frames: int, resolution: int, workers: int = 1,
+                   first_clip: int = 0) -> Iterator[Clip]:
   """Yields the clips of the given identities, in (identity, clip) order.
 
   Args:
     workers: processes to render with; the clips (and their order) do not depend on it.
+    first_clip: index of each identity's first clip (clips first_clip, first_clip + 1, ...;
+      e.g. held-out clips of training identities after their training clips).
   """
   jobs = [(seed, i, c, num_frames, resolution) for i in identities
-          for c in range(clips_per_identity)]
+          for c in range(first_clip, first_clip + clips_per_identity)]
   if workers <= 1:
     yield from map(_make, jobs)
     return
