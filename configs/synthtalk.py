@@ -47,6 +47,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.image_every = 500
   config.checkpoint_every = 500
   config.max_to_keep = 100          # every checkpoint stays: `evaluate-synthtalk --all-steps` curves
+  # Every eval_every steps the mechanism measures of <data_dir>/cross_driven's sets (sync
+  # retrieval and lag, pose-code R^2, E_i top-1; generation on the first eval_triples triples
+  # of each set) go to TensorBoard (eval/...) and <workdir>/mechanisms.jsonl.
+  config.eval_every = 500
+  config.eval_triples = 8
   # The paper's staged training: E_i by identity classification, then audio-visual sync, then
   # everything. The paper's sync stage leaves E_n's trunk frozen, and at its random
   # initialisation the contrastive loss stays at chance on SynthTalk; 'sync_trunk' trains the

@@ -222,8 +222,21 @@ def _jitted_init(module):
   return jax.jit(functools.partial(module.init, train=False))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANTrainState:
+def _probe_variables(rstate) -> dict:
+  """The first replica's G-side variables for evaluation (the moving average when kept)."""
+  first = lambda tree: jax.device_get(jax.tree.map(lambda x: x[0], tree))
+  return {"params": first(rstate.ema_params or rstate.g_params),
+          "batch_stats": first(rstate.batch_stats["g"])}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       on_log=None) -> GANTrainState:
   """Trains PC-AVS as `config` says, resuming from `workdir` if it holds a checkpoint.
+
+  Every `config.eval_every` steps, when SynthTalk evaluation sets are found
+  (`cross_driven.training_probe`), the mechanism measures are logged (TensorBoard `eval/...`,
+  <workdir>/mechanisms.jsonl); the probe runs between steps and its time is left out of the
+  logged step rate. `on_log(step, scalars)`, when given, sees every logged set of scalars.
 
   Returns:
     The final (unreplicated) state.
@@ -274,6 +287,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANTr
   if len(schedule) > 1:
     logging.info("stage schedule %s; starting in stage %r at step %d", schedule, stage, start_step)
   sample_fn = _pmapped_sample_step(eval_model)
+  from pcavs_jax import cross_driven
+  probe = cross_driven.training_probe(config, eval_model) if is_main else None
   data = train_batches(config, start_step)
   rstate = jax_utils.replicate(state)
   del state
@@ -315,6 +330,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANTr
           with open(os.path.join(workdir, "train_history.jsonl"), "a") as f:
             f.write(json.dumps(history[-1]) + "\n")
         t_log = time.time()
+        if on_log is not None:
+          on_log(step, scalars)
+      if probe is not None and step % config.eval_every == 0:
+        t_probe = time.time()
+        measures = probe(_probe_variables(rstate))
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in measures.items()})
+        with open(os.path.join(workdir, "mechanisms.jsonl"), "a") as f:
+          f.write(json.dumps({"step": step, **measures}) + "\n")
+        if on_log is not None:
+          on_log(step, measures)
+        t_log += time.time() - t_probe
       if config.get("image_every") and (step % config.image_every == 0 or step == total):
         samples = jax.device_get(jax.tree.map(
             lambda x: x[0], sample_fn(rstate.g_params, rstate.batch_stats["g"], batch)))

@@ -1,0 +1,25 @@
+"""The sync stage alone: E_a and E_n's trunk and mouth mapper by the contrastive sync loss
+('sync_trunk'), scored by audio-to-visual mouth retrieval among 8 candidates on held-out clips.
+
+  pcavs-jax synthtalk --out /tmp/synthtalk --identities 60 --clips-per-identity 4 --resolution 64 --seed 0
+  pcavs-jax train --config configs/synthtalk_sync.py --workdir /tmp/sync_run \
+      --config.data_dir /tmp/synthtalk
+
+The retrieval top-1 and lag of the seen and unseen sets are logged every eval_every steps
+(<workdir>/mechanisms.jsonl, TensorBoard eval/<set>/sync_top1).
+"""
+import ml_collections
+
+from configs import default, synthtalk
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = default.parse_arg(arg, minutes=13.0, batch=16)
+  config = synthtalk.get_config(f"minutes={args.minutes},identity_steps=0,sync_steps=0")
+  config.train.schedule = "sync_trunk"
+  config.data.batch_size = args.batch
+  config.image_every = 0
+  config.checkpoint_every = 2000
+  config.eval_every = 500
+  config.eval_triples = 0      # no generation: G does not train in this stage
+  return config
