@@ -2,8 +2,11 @@
 
 `pcavs-jax preprocess --videos DIR --out DIR [--shard i/n] [--workers W] [--resolution 224]`
 
-Per video: decode at 25 fps, audio to 16 kHz mono, one face alignment for the clip (DESIGN.md §5,
-`pcavs_jax.face`), the mel of DESIGN.md §4, a `Clip` written with `data_pipeline.records`.
+Per video: decode at 25 fps, audio to 16 kHz mono, the official face alignment (`pcavs_jax.face`:
+dlib detection and 68 landmarks on every frame, one clip similarity plus a smoothed per-frame
+mouth translation), the mel of DESIGN.md §4, a `Clip` written with `data_pipeline.records`. The
+clip keeps each frame's 68 landmarks in aligned-crop pixels as `truth['landmarks']` (T, 68, 2),
+NaN in frames without a usable face (real-video clips have no other truth).
 
 Trees understood (paths relative to --videos):
 - VoxCeleb2-like `[...]/<speaker id>/<video id>/<utt>.mp4`: identity = the speaker id; split
@@ -16,10 +19,10 @@ Trees understood (paths relative to --videos):
 `--split` forces one split for everything. Integer labels follow the sorted identity names of the
 whole tree and are kept in `OUT/labels.json`, so every shard and every re-run agrees on them.
 
-Robustness: a bad video (corrupt, no video or audio track, no face, too short, silent) is skipped
-and recorded with its reason in the report `OUT/report[_sIofN].jsonl` (one JSON object per line:
-`status` 'ok', 'skipped' with `reason` and `detail`, or 'pending': handed to a record file not yet
-committed); nothing a single file does stops the run. Clips are written in small record files (one
+Robustness: a bad video (corrupt, no video or audio track, no face, a profile face the landmarks
+cannot fit, too short, silent) is skipped and recorded with its reason in the report `OUT/report[_sIofN].jsonl` (one JSON object per line:
+`status` 'ok' (with `notes` where frames were left out or several faces seen), 'skipped' with
+`reason` and `detail`, or 'pending': handed to a record file not yet committed); nothing a single file does stops the run. Clips are written in small record files (one
 `write_clips` call each, with its own prefix); a clip counts as done once its file is in the
 manifest, so a killed run loses at most the file it was writing, and a re-run skips what is done
 (and the recorded failures, unless --retry-failed). `--shard i/n` takes the videos whose path hash
@@ -42,6 +45,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
+
+import numpy as np
 
 from pcavs_jax import media
 from pcavs_jax.clips import Clip
@@ -138,20 +143,24 @@ def _stable_labels(tasks: list[VideoTask], out_dir: pathlib.Path) -> list[VideoT
 # ----------------------------------------------------------------------------------------------
 
 
+LANDMARKS_KEY = "landmarks"     # truth key of the per-frame 68 landmarks (aligned-crop pixels)
+
+
 def process_video(path: str | os.PathLike, clip_id: str, identity: str, label: int, *,
-                  resolution: int = 224, landmarker: Any = None,
+                  resolution: int = 224, detector: str = "hog",
                   min_frames: int = DEFAULT_MIN_FRAMES, max_frames: int | None = None,
-                  source: str | None = None) -> Clip:
+                  source: str | None = None, notes: list[str] | None = None) -> Clip:
   """Decodes, aligns and analyses one video into a `Clip`.
 
   Args:
     path: the video (with an audio track).
     clip_id, identity, label: the clip's names (see `Clip`).
     resolution: side of the aligned frames.
-    landmarker: optional `pcavs_jax.face.Landmarker`; box-based alignment otherwise.
+    detector: face detector, 'hog' or 'cnn' (`pcavs_jax.face.DETECTORS`).
     min_frames: shorter clips (after cutting video and audio to the same length) are refused.
     max_frames: longer clips are cut to this many frames.
     source: the clip's `source` field (default: the path).
+    notes: if given, what the face stage left out or chose is appended (one line each).
 
   Raises:
     InputError: with a problem text naming why the video cannot be used.
@@ -178,10 +187,16 @@ def process_video(path: str | os.PathLike, clip_id: str, identity: str, label: i
   frames = frames[:t]
   wav = wav[:t * media.SAMPLES_PER_FRAME]
   media.check_speech(wav, path, min_frames=min_frames)
-  al = face.clip_alignment(frames, size=resolution, landmarker=landmarker, name=str(path))
-  aligned = face.align_frames(frames, al.transform, resolution)
+  al = face.clip_alignment(frames, size=resolution, analyzer=face.get_analyzer(detector),
+                           name=str(path))
+  if notes is not None:
+    notes.extend(al.notes)
+  aligned = face.align_frames(frames, al.transforms, resolution)
+  truth = ({LANDMARKS_KEY: al.aligned_landmarks().astype(np.float32)}
+           if al.source == "landmarks" else {})
   clip = Clip(clip_id=clip_id, identity=identity, label=int(label), frames=aligned, audio=wav,
-              mel=audio_lib.melspectrogram(wav), source=str(path) if source is None else source)
+              mel=audio_lib.melspectrogram(wav), truth=truth,
+              source=str(path) if source is None else source)
   clip.validate()
   return clip
 
@@ -193,17 +208,18 @@ class Outcome:
   reason: str = ""
   detail: str = ""
   seconds: float = 0.0
+  notes: list[str] = dataclasses.field(default_factory=list)
 
 
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(landmark_model: str | None, options: dict, in_pool: bool = True) -> None:
+def _init_worker(options: dict, in_pool: bool = True) -> None:
   from pcavs_jax import face
   if in_pool:
     import cv2
     cv2.setNumThreads(1)  # the pool already uses the cores
-  _WORKER["landmarker"] = face.load_landmarker(landmark_model) if landmark_model else None
+  face.get_analyzer(options.get("detector", face.DEFAULT_DETECTOR))  # load the models once
   _WORKER["options"] = options
 
 
@@ -213,11 +229,11 @@ def _ping() -> bool:
 
 def _run_task(task: VideoTask) -> Outcome:
   start = time.perf_counter()
+  notes: list[str] = []
   try:
-    clip = process_video(task.path, task.clip_id, task.identity, task.label,
-                         landmarker=_WORKER.get("landmarker"), source=task.rel,
-                         **_WORKER.get("options", {}))
-    return Outcome(clip=clip, seconds=time.perf_counter() - start)
+    clip = process_video(task.path, task.clip_id, task.identity, task.label, source=task.rel,
+                         notes=notes, **_WORKER.get("options", {}))
+    return Outcome(clip=clip, seconds=time.perf_counter() - start, notes=notes)
   except InputError as e:
     return Outcome(reason=e.kind, detail=e.problem, seconds=time.perf_counter() - start)
   except Exception as e:  # one odd file must never stop the run
@@ -335,7 +351,7 @@ class _Peekable:
 
 def preprocess_videos(videos_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                       shard: tuple[int, int] = (0, 1), workers: int = 1, resolution: int = 224,
-                      landmark_model: str | None = None, min_frames: int = DEFAULT_MIN_FRAMES,
+                      detector: str = "hog", min_frames: int = DEFAULT_MIN_FRAMES,
                       max_frames: int | None = None, split: str | None = None,
                       retry_failed: bool = False,
                       frames_per_file: int = DEFAULT_FRAMES_PER_FILE, jpeg_quality: int = 95,
@@ -349,8 +365,8 @@ def preprocess_videos(videos_dir: str | os.PathLike, out_dir: str | os.PathLike,
     workers: processes (<= 1: in this process). Workers are spawned, so a script calling this
       with workers > 1 must do so under `if __name__ == '__main__':`.
     resolution: aligned frame side.
-    landmark_model: face_landmark.tflite file or a folder holding it; None: $PCAVS_LANDMARK_MODEL
-      if set, else box-based alignment.
+    detector: face detector, 'hog' (dlib, default) or 'cnn' (dlib's CNN: slower, finds harder
+      faces); OpenCV's Haar cascade and box-based alignment only where dlib is not installed.
     min_frames, max_frames: clip length limits (25 fps frames).
     split: force all clips into this split.
     retry_failed: process videos the report lists as skipped again.
@@ -360,8 +376,8 @@ def preprocess_videos(videos_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
   Returns:
     a summary: videos (in this shard), done_before and failed_before (skipped as recorded by
-    earlier runs), written, skipped (reason -> count, this run), report (path), landmarks
-    ('tflite' or 'box'), seconds.
+    earlier runs), written, skipped (reason -> count, this run), report (path), detector (in
+    use), landmarks ('dlib68' or 'box'), seconds.
   """
   from data_pipeline import records
   from pcavs_jax import face
@@ -371,9 +387,9 @@ def preprocess_videos(videos_dir: str | os.PathLike, out_dir: str | os.PathLike,
   if not videos_dir.is_dir():
     raise InputError(videos_dir, "videos folder not found", "missing")
   out_dir.mkdir(parents=True, exist_ok=True)
-  model = face.find_landmark_model(landmark_model)
-  if model is not None:
-    face.Landmarker(model)  # fail now, not in every worker, if the model is unusable
+  analyzer = face.get_analyzer(detector)  # fail now, not in every worker, on a bad detector
+  if analyzer.note:
+    say(f"preprocess: note: {analyzer.note}")
 
   all_tasks = _stable_labels(find_videos(videos_dir, split), out_dir)
   tasks = [t for t in all_tasks if in_shard(t.rel, shard)]
@@ -396,7 +412,8 @@ def preprocess_videos(videos_dir: str | os.PathLike, out_dir: str | os.PathLike,
   todo = sorted((t for t in tasks if t.rel not in skip), key=lambda t: (t.split, t.rel))
   say(f"preprocess: {len(tasks)} videos in shard {shard[0]}/{shard[1]} of {len(all_tasks)}; "
       f"{len(tasks) - len(todo)} done before, {len(todo)} to do; "
-      f"alignment from {'landmarks (' + str(model) + ')' if model else 'face boxes'}")
+      f"faces: {analyzer.detector} detector, "
+      f"{'68 landmarks' if analyzer.has_landmarks else 'box keypoints'}")
 
   tag = _shard_tag(shard)
   # Record file numbers are never reused, not even those of files a killed run never finished
@@ -408,8 +425,9 @@ def preprocess_videos(videos_dir: str | os.PathLike, out_dir: str | os.PathLike,
   next_batch = max(used, default=-1) + 1
   skipped: collections.Counter = collections.Counter()
   written = 0
-  options = dict(resolution=resolution, min_frames=min_frames, max_frames=max_frames)
-  init_args = (str(model) if model else None, options)
+  options = dict(resolution=resolution, detector=detector, min_frames=min_frames,
+                 max_frames=max_frames)
+  init_args = (options,)
   start = time.perf_counter()
 
   with open(report, "a", buffering=1) as rep:
@@ -446,6 +464,8 @@ def preprocess_videos(videos_dir: str | os.PathLike, out_dir: str | os.PathLike,
           entry = {"path": task.rel, "clip_id": task.clip_id, "identity": task.identity,
                    "label": task.label, "split": task.split, "frames": outcome.clip.num_frames,
                    "file": file, "seconds": round(outcome.seconds, 2)}
+          if outcome.notes:
+            entry["notes"] = outcome.notes
           note(dict(entry, status="pending"))
           batch.append(entry)
           frames += outcome.clip.num_frames
@@ -463,7 +483,8 @@ def preprocess_videos(videos_dir: str | os.PathLike, out_dir: str | os.PathLike,
              "failed_before": len(tasks) - len(todo) - len(done & {t.rel for t in tasks}),
              "written": written,
              "skipped": dict(sorted(skipped.items())), "report": str(report),
-             "landmarks": "tflite" if model else "box",
+             "detector": analyzer.detector,
+             "landmarks": "dlib68" if analyzer.has_landmarks else "box",
              "seconds": round(time.perf_counter() - start, 1)}
   say("preprocess: " + json.dumps(summary))
   return summary
@@ -484,9 +505,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
   p.add_argument("--shard", default="0/1", help="i/n: this machine's share, 0 <= i < n")
   p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
   p.add_argument("--resolution", type=int, default=224, help="aligned frame side")
-  p.add_argument("--landmark-model", default=None,
-                 help="MediaPipe face_landmark.tflite, or a folder holding it (e.g. an unzipped "
-                      "mediapipe wheel); default $PCAVS_LANDMARK_MODEL, else box-based alignment")
+  p.add_argument("--detector", choices=("hog", "cnn"), default="hog",
+                 help="face detector: dlib's HOG (default, fast) or its CNN (slower, finds "
+                      "harder faces); landmarks are dlib's 68 points either way")
   p.add_argument("--min-frames", type=int, default=DEFAULT_MIN_FRAMES,
                  help="skip clips shorter than this (25 fps frames)")
   p.add_argument("--max-frames", type=int, default=None, help="cut longer clips")
@@ -507,7 +528,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resolution < 16:
       raise ValueError(f"--resolution must be at least 16, got {args.resolution}")
     preprocess_videos(args.videos, args.out, shard=shard, workers=args.workers,
-                      resolution=args.resolution, landmark_model=args.landmark_model,
+                      resolution=args.resolution, detector=args.detector,
                       min_frames=args.min_frames, max_frames=args.max_frames, split=args.split,
                       retry_failed=args.retry_failed, frames_per_file=args.frames_per_file,
                       jpeg_quality=args.jpeg_quality)

@@ -1,22 +1,32 @@
-"""Face detection, landmarks and the official alignment, shared by preprocessing and inference.
+"""Face analysis shared by `preprocess`, `generate` and `evaluate`: detection, 68 landmarks, the
+official alignment, identity descriptors and head pose.
 
-Detection uses OpenCV's Haar cascades (they ship with opencv-python). Landmarks come from one
-of two sources:
-- `Landmarker`: MediaPipe's face mesh model (`face_landmark.tflite`, 468 points) reduced to a
-  68-point-like layout, when the user gives the model file (it is never downloaded and never
-  part of the repository; DEVELOPERS.md says where to get it). Runs with `ai-edge-litert`, or
-  TensorFlow's `tf.lite` where that is missing.
-- otherwise the box-based fallback: eye centres from OpenCV's eye cascade inside the face box (or
-  fixed fractions of the box when the cascade misses), the mouth centre placed below the eyes.
+Models (no download at run time):
+- detection: dlib's HOG frontal-face detector (default), or dlib's CNN detector
+  (`mmod_human_face_detector.dat`, detector='cnn': slower, finds harder faces). OpenCV's Haar
+  cascade is used only when dlib is not installed; the eyes and mouth are then guessed from the
+  box (`box_keypoints`) and no landmark, descriptor or pose is available.
+- landmarks: dlib's `shape_predictor_68_face_landmarks.dat`, the iBUG 300-W 68-point layout (jaw
+  0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67), the layout of the `face-alignment`
+  package the official preprocessing uses. Its training data (iBUG 300-W) excludes commercial use.
+- identity: dlib's ResNet face descriptor (`dlib_face_recognition_resnet_model_v1.dat`, 128-d).
+The model files come with the `face-recognition-models` package; its folder is found without
+importing the package (its `__init__` needs the removed `pkg_resources`).
 
-The alignment follows the official preprocessing (DESIGN.md §5): one similarity transform per
-clip, mapping the clip-mean eye centres and mouth centre to (87, 59), (137, 59), (112, 120) in a
-224 x 224 crop (scaled for other sizes).
+The alignment is the official one (PC-AVS `scripts/align_68.py`): the clip-mean eye centres
+(points 36-41, 42-47) and inner-mouth centre (60-67) give one similarity transform onto
+(87, 59), (137, 59), (112, 120) of a 224 x 224 crop (scaled for other sizes); each frame then gets
+its own translation b_t moving its mouth centre onto (112, 120), smoothed as
+b_t = 0.2 b_(t-1) + 0.8 b_t.
+
+Faces that fail are reported, not guessed: no face (`InputError` kind 'no_face'), a profile face
+the landmarks cannot fit ('profile_face'); with several faces the largest is used, with a note.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import os
 import pathlib
 
@@ -26,33 +36,48 @@ from pcavs_jax.media import InputError
 
 # Official alignment template in 224 x 224 pixels: image-left eye, image-right eye, mouth centre.
 TEMPLATE_224 = np.array([[87.0, 59.0], [137.0, 59.0], [112.0, 120.0]])
+BIAS_SMOOTHING = 0.2           # b_t = 0.2 b_(t-1) + 0.8 b_t (official)
+LEFT_EYE = slice(36, 42)       # the eye on the image's left (the subject's right eye)
+RIGHT_EYE = slice(42, 48)
+MOUTH = slice(48, 68)          # outer and inner lip points (LMD)
+INNER_MOUTH = slice(60, 68)    # the official alignment's mouth centre
+
+DETECTORS = ("hog", "cnn", "haar")
+DEFAULT_DETECTOR = "hog"
 DETECT_MAX_SIDE = 640          # frames are detected at most this large (speed)
+HOG_MIN_FACE_PX = 80           # dlib's HOG window: smaller faces are not found
+TRACK_FACE_PX = 120            # in a clip, frames are scaled so the last face is about this wide
 MIN_FACE_FRACTION = 0.05       # smallest face searched, as a fraction of the short side
 MIN_FACE_FRACTION_VIDEO = 0.1  # talking-head videos: faces are large, and a larger minimum is fast
-# Box fallback: keypoint positions as fractions of a Haar frontal-face box (x, y), measured with
-# the face mesh on skimage's astronaut and made left-right symmetric.
+PROFILE_RATIO = 0.25           # nose-to-jaw-side distances: the shorter under 1/4 of the longer
+MIN_EYE_DISTANCE = 0.2         # eye distance under this fraction of the box side: no fit
+MODEL_FILES = {"landmarks": "shape_predictor_68_face_landmarks.dat",
+               "cnn": "mmod_human_face_detector.dat",
+               "descriptor": "dlib_face_recognition_resnet_model_v1.dat"}
+# Box fallback (no dlib): keypoint positions as fractions of a Haar frontal-face box (x, y),
+# measured with landmarks on skimage's astronaut and made left-right symmetric.
 BOX_EYE_LEFT = (0.29, 0.39)
 BOX_EYE_RIGHT = (0.71, 0.39)
 BOX_MOUTH = (0.50, 0.80)
 MOUTH_BELOW_EYES = 1.0         # eye-midpoint-to-mouth distance / eye distance (typical adult face)
-LANDMARK_MODEL_ENV = "PCAVS_LANDMARK_MODEL"
-LANDMARK_MODEL_FILE = "face_landmark.tflite"
+# Generic 3-D face for head pose (x right, y down, z away from the camera; nose tip at 0), after
+# the widely used six-point model: nose tip, chin, outer eye corners, mouth corners.
+POSE_POINTS = (30, 8, 36, 45, 48, 54)
+POSE_MODEL_3D = np.array([[0.0, 0.0, 0.0], [0.0, 330.0, 65.0], [-225.0, -170.0, 135.0],
+                          [225.0, -170.0, 135.0], [-150.0, 150.0, 125.0],
+                          [150.0, 150.0, 125.0]])
+POSE_FOCAL_PER_FACE = 4.0      # focal length / face size (a face ~1/4 m wide at ~1 m)
 
-# Face-mesh vertex for each of the 68 points of the iBUG/dlib layout (jaw 0-16, brows 17-26,
-# nose 27-35, eyes 36-47, mouth 48-67); an approximation, good enough for eyes and mouth.
-MESH_TO_68 = np.array([
-    162, 234, 93, 58, 172, 136, 149, 148, 152, 377, 378, 365, 397, 288, 323, 454, 389,
-    70, 63, 105, 66, 107, 336, 296, 334, 293, 300,
-    168, 197, 5, 4, 75, 97, 2, 326, 305,
-    33, 160, 158, 133, 153, 144, 362, 385, 387, 263, 373, 380,
-    61, 39, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181,
-    78, 82, 13, 312, 308, 317, 14, 87])
+
+# ----------------------------------------------------------------------------------------------
+# Detection
+# ----------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class FaceBox:
-  """A face box in pixels: top-left corner (x, y), width and height; score: the cascade's
-  neighbour count (how many overlapping windows agreed; true faces collect tens)."""
+  """A face box in pixels: top-left corner (x, y), width and height; score: the detector's
+  confidence (dlib's HOG or CNN score, or the Haar cascade's neighbour count)."""
   x: float
   y: float
   w: float
@@ -85,9 +110,9 @@ def _cascade(name: str):
   return cascade
 
 
-def detect_faces(image: np.ndarray, min_neighbors: int = 5,
-                 min_face: float = MIN_FACE_FRACTION) -> list[FaceBox]:
-  """Finds frontal faces with OpenCV's Haar cascade, largest first.
+def haar_faces(image: np.ndarray, min_face: float = MIN_FACE_FRACTION, min_neighbors: int = 5
+               ) -> list[FaceBox]:
+  """Finds frontal faces with OpenCV's Haar cascade, largest first (the fallback without dlib).
 
   Boxes with fewer than a quarter of the best box's neighbour count are dropped: on real photos
   the cascade's false positives (clothing, background) collect a handful of neighbours where a
@@ -118,18 +143,6 @@ def detect_faces(image: np.ndarray, min_neighbors: int = 5,
   boxes = [FaceBox(*(float(v) / scale for v in b), score=float(n))
            for b, n in zip(found[keep], neighbours[keep])]
   return sorted(boxes, key=lambda b: -b.area)
-
-
-def detect_face(image: np.ndarray, name: str = "image") -> FaceBox:
-  """The largest face of an image.
-
-  Raises:
-    InputError: naming `name`, when no face is found.
-  """
-  boxes = detect_faces(image)
-  if not boxes:
-    raise InputError(name, "no face found", "no_face")
-  return boxes[0]
 
 
 def _eyes_from_cascade(gray: np.ndarray, box: FaceBox) -> np.ndarray | None:
@@ -178,137 +191,209 @@ def box_keypoints(image: np.ndarray, box: FaceBox, use_eye_cascade: bool = True)
 
 
 def keypoints_from_68(landmarks: np.ndarray) -> np.ndarray:
-  """Eye centres (means of points 36-41 and 42-47) and mouth centre (mean of 48-67), (3, 2)."""
+  """The official three points of (..., 68, 2) landmarks: eye centres (means of points 36-41 and
+  42-47) and inner-mouth centre (mean of 60-67), (..., 3, 2)."""
   lm = np.asarray(landmarks, np.float64)
-  return np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[48:68].mean(0)])
+  return np.stack([lm[..., LEFT_EYE, :].mean(-2), lm[..., RIGHT_EYE, :].mean(-2),
+                   lm[..., INNER_MOUTH, :].mean(-2)], axis=-2)
 
 
-# ----------------------------------------------------------------------------------------------
-# Optional landmark model
-# ----------------------------------------------------------------------------------------------
 
 
-def _interpreter(model_path: str):
+def models_dir() -> pathlib.Path | None:
+  """The `models/` folder of the `face-recognition-models` package, or None when not installed.
+
+  Found with `importlib.util.find_spec`, without importing the package (its `__init__` imports
+  `pkg_resources`, which current setuptools no longer ships).
+  """
   try:
-    from ai_edge_litert.interpreter import Interpreter
-  except ImportError:
-    try:
-      import tensorflow as tf
-      Interpreter = tf.lite.Interpreter
-    except (ImportError, AttributeError):
-      raise RuntimeError("running the landmark model needs the `ai-edge-litert` package "
-                         "(pip install ai-edge-litert) or TensorFlow's tf.lite") from None
-  interpreter = Interpreter(model_path=model_path, num_threads=1)
-  interpreter.allocate_tensors()
-  return interpreter
+    spec = importlib.util.find_spec("face_recognition_models")
+  except (ImportError, ValueError):
+    return None
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  for location in spec.submodule_search_locations:
+    folder = pathlib.Path(location) / "models"
+    if folder.is_dir():
+      return folder
+  return None
 
 
-def find_landmark_model(path: str | os.PathLike | None = None) -> pathlib.Path | None:
-  """Resolves a landmark model from a file, or a folder holding `face_landmark.tflite` anywhere
-  below it (e.g. an unzipped mediapipe wheel); `None` reads $PCAVS_LANDMARK_MODEL.
+def dlib_available() -> bool:
+  """Whether dlib and the face-recognition-models files are installed."""
+  return importlib.util.find_spec("dlib") is not None and models_dir() is not None
 
-  Returns:
-    the model file, or None when no path is given (the box fallback is used).
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+  """A C-contiguous (H, W, 3) uint8 copy dlib accepts."""
+  image = np.asarray(image)
+  if image.ndim == 2:
+    image = np.stack([image] * 3, axis=-1)
+  return np.ascontiguousarray(image[..., :3], dtype=np.uint8)
+
+
+class FaceAnalyzer:
+  """Face detection, 68 landmarks and identity descriptors with dlib (Haar boxes without dlib).
+
+  Attributes:
+    detector: 'hog', 'cnn' or 'haar' (the one in use: 'haar' when dlib is absent).
+    has_landmarks: whether 68 landmarks, descriptors and head pose are available.
+    note: why the requested detector is not the one in use ('' when it is).
+  """
+
+  def __init__(self, detector: str = DEFAULT_DETECTOR):
+    if detector not in DETECTORS:
+      raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
+    self.note = ""
+    if detector != "haar" and not dlib_available():
+      self.note = (f"dlib or face-recognition-models is not installed: OpenCV's Haar cascade "
+                   f"replaces the {detector} detector, eyes and mouth are guessed from the box")
+      detector = "haar"
+    self.detector = detector
+    self.has_landmarks = detector != "haar"
+    self._descriptor = None
+    if not self.has_landmarks:
+      return
+    import dlib
+    models = models_dir()
+    self._shape = dlib.shape_predictor(str(models / MODEL_FILES["landmarks"]))
+    if detector == "cnn":
+      self._cnn = dlib.cnn_face_detection_model_v1(str(models / MODEL_FILES["cnn"]))
+    else:
+      self._hog = dlib.get_frontal_face_detector()
+
+  def detect(self, image: np.ndarray, min_face: float = MIN_FACE_FRACTION,
+             face_px: float | None = None) -> list[FaceBox]:
+    """Faces of an image, largest first.
+
+    Args:
+      image: (H, W, 3) RGB or (H, W) gray uint8.
+      min_face: smallest face side searched, as a fraction of the image's short side.
+      face_px: the expected face width in pixels (a clip's previous frame): the image is scaled
+        so that such a face is about TRACK_FACE_PX wide, which is faster.
+
+    Returns:
+      face boxes in the image's pixel coordinates, by decreasing area (empty if none).
+    """
+    import cv2
+    if self.detector == "haar":
+      return haar_faces(image, min_face=min_face)
+    rgb = _rgb(image)
+    h, w = rgb.shape[:2]
+    scale = (TRACK_FACE_PX / face_px if face_px else
+             HOG_MIN_FACE_PX / max(1.0, min_face * min(h, w)))
+    scale = min(scale, DETECT_MAX_SIDE / max(h, w))
+    if abs(scale - 1.0) > 1e-3:
+      rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
+                       interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    if self.detector == "cnn":
+      found = [(d.rect, float(d.confidence)) for d in self._cnn(rgb, 0)]
+    else:
+      rects, scores, _ = self._hog.run(rgb, 0, 0.0)
+      found = list(zip(rects, scores))
+    boxes = [FaceBox(r.left() / scale, r.top() / scale, r.width() / scale, r.height() / scale,
+                     score=float(s)) for r, s in found]
+    return sorted(boxes, key=lambda b: -b.area)
+
+  def landmarks(self, image: np.ndarray, box: FaceBox) -> np.ndarray | None:
+    """(68, 2) float64 landmarks (iBUG 300-W order) of the face in `box`; None without dlib."""
+    if not self.has_landmarks:
+      return None
+    import dlib
+    rect = dlib.rectangle(round(box.x), round(box.y), round(box.x + box.w),
+                          round(box.y + box.h))
+    shape = self._shape(_rgb(image), rect)
+    return np.array([(p.x, p.y) for p in shape.parts()], np.float64)
+
+  def descriptor(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """dlib's 128-d identity descriptor of the face with these 68 landmarks (float64)."""
+    import dlib
+    if not self.has_landmarks:
+      raise RuntimeError("face descriptors need dlib (pip install -r requirements.txt)")
+    if self._descriptor is None:
+      self._descriptor = dlib.face_recognition_model_v1(
+          str(models_dir() / MODEL_FILES["descriptor"]))
+    lm = np.asarray(landmarks, np.float64)
+    lo, hi = lm.min(0), lm.max(0)
+    shape = dlib.full_object_detection(
+        dlib.rectangle(int(lo[0]), int(lo[1]), int(np.ceil(hi[0])), int(np.ceil(hi[1]))),
+        [dlib.point(int(round(x)), int(round(y))) for x, y in lm])
+    return np.array(self._descriptor.compute_face_descriptor(_rgb(image), shape), np.float64)
+
+
+@functools.lru_cache(maxsize=None)
+def get_analyzer(detector: str = DEFAULT_DETECTOR) -> FaceAnalyzer:
+  """A cached `FaceAnalyzer` per detector (models load once per process)."""
+  return FaceAnalyzer(detector)
+
+
+def detect_faces(image: np.ndarray, min_face: float = MIN_FACE_FRACTION,
+                 detector: str = DEFAULT_DETECTOR) -> list[FaceBox]:
+  """Faces of an image, largest first (see `FaceAnalyzer.detect`)."""
+  return get_analyzer(detector).detect(image, min_face)
+
+
+def detect_face(image: np.ndarray, name: str = "image", detector: str = DEFAULT_DETECTOR
+                ) -> FaceBox:
+  """The largest face of an image.
 
   Raises:
-    InputError: a path was given but holds no model.
+    InputError: naming `name`, when no face is found.
   """
-  if path is None:
-    path = os.environ.get(LANDMARK_MODEL_ENV) or None
-    if path is None:
-      return None
-  p = pathlib.Path(path)
-  if p.is_file():
-    return p
-  if p.is_dir():
-    found = sorted(p.rglob(LANDMARK_MODEL_FILE))
-    if found:
-      return found[0]
-    raise InputError(p, f"no {LANDMARK_MODEL_FILE} below this folder", "missing")
-  raise InputError(p, "landmark model not found", "missing")
+  boxes = detect_faces(image, detector=detector)
+  if not boxes:
+    raise InputError(name, "no face found", "no_face")
+  return boxes[0]
 
 
-class Landmarker:
-  """68-point-like landmarks from MediaPipe's face mesh model (`face_landmark.tflite`).
+def landmark_problem(landmarks: np.ndarray, box: FaceBox) -> str | None:
+  """Why 68 landmarks do not describe a face they could fit (a profile), or None.
 
-  The face box is expanded into a square crop, the mesh is predicted, then predicted again on a
-  crop re-centred on the first mesh and rotated to level the eyes (as MediaPipe tracks).
+  A near-profile face puts the nose tip (30) next to one side of the jaw (0 or 16) and the two
+  eye centres close together; the 68-point model, trained on near-frontal faces, then collapses.
   """
-  INPUT = 192
-
-  def __init__(self, model_path: str | os.PathLike, min_presence: float = 0.5):
-    self.model_path = str(model_path)
-    self.min_presence = min_presence
-    try:
-      self._it = _interpreter(self.model_path)
-    except (ValueError, RuntimeError) as e:
-      if "ai-edge-litert" in str(e):
-        raise
-      raise InputError(self.model_path, f"not a usable tflite landmark model ({e})") from None
-    inp = self._it.get_input_details()[0]
-    outs = self._it.get_output_details()
-    if tuple(inp["shape"]) != (1, self.INPUT, self.INPUT, 3) or outs[0]["shape"][-1] != 1404:
-      raise InputError(self.model_path, "expected MediaPipe's face_landmark.tflite "
-                                        f"(input 1x192x192x3, 1404 outputs), got {inp['shape']}")
-    self._in = inp["index"]
-    self._mesh = outs[0]["index"]
-    self._score = outs[1]["index"] if len(outs) > 1 else None
-
-  def _mesh_in_crop(self, image: np.ndarray, center: np.ndarray, side: float, angle: float
-                    ) -> tuple[np.ndarray, float]:
-    import cv2
-    c, s = np.cos(angle), np.sin(angle)
-    # Crop pixel (u, v) -> image: center + R(angle) @ ((u, v) / INPUT - 0.5) * side.
-    rot = np.array([[c, -s], [s, c]]) * (side / self.INPUT)
-    to_image = np.concatenate([rot, (center - rot @ np.full(2, self.INPUT / 2))[:, None]], 1)
-    crop = cv2.warpAffine(image, cv2.invertAffineTransform(to_image), (self.INPUT, self.INPUT),
-                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    self._it.set_tensor(self._in, (crop.astype(np.float32) / 255.0)[None])
-    self._it.invoke()
-    mesh = self._it.get_tensor(self._mesh).reshape(-1, 3)[:, :2].astype(np.float64)
-    logit = float(self._it.get_tensor(self._score).ravel()[0]) if self._score is not None else 10.
-    return mesh @ to_image[:, :2].T + to_image[:, 2], 1.0 / (1.0 + np.exp(-logit))
-
-  def mesh(self, image: np.ndarray, box: FaceBox) -> np.ndarray | None:
-    """The 468 mesh points (x, y) in image pixels, or None when the model sees no face."""
-    image = np.ascontiguousarray(image[..., :3])
-    pts, score = self._mesh_in_crop(image, np.array(box.center), 1.5 * max(box.w, box.h), 0.0)
-    if score < self.min_presence:
-      return None
-    eye_vec = pts[263] - pts[33]
-    angle = float(np.arctan2(eye_vec[1], eye_vec[0]))
-    lo, hi = pts.min(0), pts.max(0)
-    c, s = np.cos(-angle), np.sin(-angle)
-    upright = (pts - (lo + hi) / 2) @ np.array([[c, -s], [s, c]]).T  # extent in the levelled frame
-    side = 1.5 * float((upright.max(0) - upright.min(0)).max())
-    pts2, score2 = self._mesh_in_crop(image, (lo + hi) / 2, side, angle)
-    return pts2 if score2 >= self.min_presence else pts
-
-  def __call__(self, image: np.ndarray, box: FaceBox) -> np.ndarray | None:
-    """(68, 2) landmarks in the iBUG layout (see MESH_TO_68), or None when no face is seen."""
-    mesh = self.mesh(image, box)
-    return None if mesh is None else mesh[MESH_TO_68]
+  lm = np.asarray(landmarks, np.float64)
+  if not np.all(np.isfinite(lm)):
+    return "landmarks not found"
+  sides = np.linalg.norm(lm[[0, 16]] - lm[30], axis=-1)
+  eyes = np.linalg.norm(lm[RIGHT_EYE].mean(0) - lm[LEFT_EYE].mean(0))
+  if sides.min() < PROFILE_RATIO * sides.max() or eyes < MIN_EYE_DISTANCE * max(box.w, box.h):
+    return "profile face: the 68 landmarks cannot fit"
+  return None
 
 
-@functools.lru_cache(maxsize=4)
-def load_landmarker(path: str | os.PathLike | None = None) -> Landmarker | None:
-  """A cached `Landmarker` for `find_landmark_model(path)`, or None when there is no model."""
-  model = find_landmark_model(path)
-  return None if model is None else Landmarker(model)
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
+  """Cosine similarity of two descriptors (CSIM)."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def face_keypoints(image: np.ndarray, box: FaceBox, landmarker: Landmarker | None = None
-                   ) -> tuple[np.ndarray, str]:
-  """Eye centres and mouth centre of one face, from landmarks when possible.
+def head_pose(landmarks: np.ndarray) -> np.ndarray:
+  """(yaw, pitch, roll) in degrees from 68 landmarks: cv2.solvePnP on a generic 3-D face.
+
+  The camera looks through the face's centre with a focal length of POSE_FOCAL_PER_FACE face
+  sizes, so the angles do not depend on where the face sits in the frame or how large it is.
+  Axes: x to the image's right, y down, z away from the camera; yaw turns about y, pitch about x,
+  roll about z (positive roll turns the face clockwise as seen). A frontal face is about
+  (0, 0, 0) up to the generic model's fit.
 
   Returns:
-    ((3, 2) keypoints, source) with source 'landmarks' or 'box'.
+    (3,) float64; NaN where the landmarks are NaN or the fit fails.
   """
-  if landmarker is not None:
-    lm = landmarker(image, box)
-    if lm is not None:
-      return keypoints_from_68(lm), "landmarks"
-  return box_keypoints(image, box), "box"
+  import cv2
+  lm = np.asarray(landmarks, np.float64)
+  if not np.all(np.isfinite(lm)):
+    return np.full(3, np.nan)
+  lo, hi = lm.min(0), lm.max(0)
+  f = POSE_FOCAL_PER_FACE * float((hi - lo).max())
+  c = (lo + hi) / 2
+  camera = np.array([[f, 0.0, c[0]], [0.0, f, c[1]], [0.0, 0.0, 1.0]])
+  ok, rvec, _ = cv2.solvePnP(POSE_MODEL_3D, lm[list(POSE_POINTS)], camera, None,
+                             flags=cv2.SOLVEPNP_ITERATIVE)
+  if not ok:
+    return np.full(3, np.nan)
+  pitch, yaw, roll = cv2.RQDecomp3x3(cv2.Rodrigues(rvec)[0])[0]
+  return np.array([yaw, pitch, roll], np.float64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -369,15 +454,23 @@ def apply_transform(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
   return points @ transform[:, :2].T + transform[:, 2]
 
 
+def apply_frame_transforms(transforms: np.ndarray, points: np.ndarray) -> np.ndarray:
+  """Maps (T, K, 2) points through (T, 2, 3) per-frame affine matrices."""
+  transforms = np.asarray(transforms, np.float64)
+  return (np.einsum("tij,tkj->tki", transforms[:, :, :2], np.asarray(points, np.float64))
+          + transforms[:, None, :, 2])
+
+
 def align_frames(frames: np.ndarray, transform: np.ndarray, size: int = 224) -> np.ndarray:
-  """Warps frames into aligned `size` x `size` crops with one transform.
+  """Warps frames into aligned `size` x `size` crops.
 
   Where the transform shrinks by more than 2x, frames are first downscaled with an area filter,
   so that the bilinear warp does not alias. Pixels outside the frame repeat the border.
 
   Args:
     frames: (T, H, W, 3) or a single (H, W, 3) uint8 image.
-    transform: (2, 3) source-to-crop matrix (e.g. from `alignment_transform`).
+    transform: (2, 3) source-to-crop matrix for every frame, or (T, 2, 3) one per frame (e.g.
+      `ClipAlignment.transforms`).
     size: output side.
 
   Returns:
@@ -388,100 +481,219 @@ def align_frames(frames: np.ndarray, transform: np.ndarray, size: int = 224) -> 
   single = frames.ndim == 3
   if single:
     frames = frames[None]
-  m = np.asarray(transform, np.float64)
-  scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+  m = np.broadcast_to(np.asarray(transform, np.float64), (len(frames), 2, 3))
+  scale = float(np.sqrt(abs(np.linalg.det(m[0, :, :2]))))  # the same for every frame
   pre = min(1.0, 2.0 * scale)
   h, w = frames.shape[1:3]
   if pre < 1.0:
     pw, ph = max(1, round(w * pre)), max(1, round(h * pre))
     # Compose with the pre-scaling: a downscaled pixel p is the source pixel f p + (f - 1) / 2.
     f = np.array([w / pw, h / ph])
-    m = np.concatenate([m[:, :2] * f, m[:, 2:] + m[:, :2] @ ((f - 1) / 2)[:, None]], axis=1)
+    m = np.concatenate([m[..., :2] * f, m[..., 2:] + m[..., :2] @ ((f - 1) / 2)[:, None]], -1)
   out = np.empty((frames.shape[0], size, size, 3), np.uint8)
   for i, frame in enumerate(frames):
     if pre < 1.0:
       frame = cv2.resize(frame, (pw, ph), interpolation=cv2.INTER_AREA)
-    out[i] = cv2.warpAffine(np.ascontiguousarray(frame), m, (size, size), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_REPLICATE)
+    out[i] = cv2.warpAffine(np.ascontiguousarray(frame), m[i], (size, size),
+                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
   return out[0] if single else out
+
+
+def official_transforms(keypoints: np.ndarray, found: np.ndarray, size: int = 224
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """The official alignment of a clip from its per-frame eye and mouth centres.
+
+  One similarity maps the clip-mean centres onto the template; frame t's translation then moves
+  its own mouth centre onto the template's, as b_t = 0.2 b_(t-1) + 0.8 (template mouth - mapped
+  mouth_t). Frames without a face take centres interpolated from their neighbours in time.
+
+  Args:
+    keypoints: (T, 3, 2) eye, eye and mouth centres in source pixels (NaN where not found).
+    found: (T,) bool, frames whose keypoints count (at least one).
+    size: output crop side.
+
+  Returns:
+    (clip transform (2, 3), per-frame transforms (T, 2, 3)).
+  """
+  kp = np.asarray(keypoints, np.float64)
+  found = np.asarray(found, bool)
+  clip = alignment_transform(*kp[found].mean(0), size=size)
+  t = np.arange(len(kp))
+  mouth = np.stack([np.interp(t, t[found], kp[found, 2, k]) for k in range(2)], -1)
+  raw = template(size)[2] - apply_transform(clip, mouth)
+  bias = raw.copy()
+  for i in range(1, len(bias)):
+    bias[i] = BIAS_SMOOTHING * bias[i - 1] + (1.0 - BIAS_SMOOTHING) * raw[i]
+  per_frame = np.repeat(clip[None], len(kp), axis=0)
+  per_frame[:, :, 2] += bias
+  return clip, per_frame
+
+
+@dataclasses.dataclass
+class FaceTrack:
+  """One face followed through the frames of a clip (see `track_faces`).
+
+  Attributes:
+    landmarks: (T, 68, 2) source pixels; NaN where not found or without dlib.
+    keypoints: (T, 3, 2) eye, eye and mouth centres (from landmarks, or the box without dlib).
+    found: (T,) bool, frames with a usable face.
+    boxes: the face box used per frame (None where none).
+    counts: frames with 'no_face', 'several' faces, a 'profile' face, or the face 'elsewhere'
+      (away from the clip's face: another person, a false detection).
+    source: 'landmarks' (dlib) or 'box' (the Haar fallback).
+  """
+  landmarks: np.ndarray
+  keypoints: np.ndarray
+  found: np.ndarray
+  boxes: list[FaceBox | None]
+  counts: dict[str, int]
+  source: str
+
+  def notes(self, name: str) -> list[str]:
+    """What the track had to leave out or choose, one line each, naming the input."""
+    t, c = len(self.found), self.counts
+    out = []
+    if c["several"]:
+      out.append(f"{name}: several faces in {c['several']} of {t} frames: the largest used")
+    missing = {k: v for k, v in c.items() if k != "several" and v}
+    if missing and self.found.any():
+      why = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in missing.items())
+      out.append(f"{name}: no usable face in {t - int(self.found.sum())} of {t} frames ({why}): "
+                 "left out")
+    return out
+
+
+def track_faces(frames: np.ndarray, analyzer: FaceAnalyzer | None = None,
+                min_face: float | None = None) -> FaceTrack:
+  """The largest face of every frame, its 68 landmarks and eye and mouth centres.
+
+  Detection in frame t is scaled to the face size of frame t - 1 (fast); where that misses, the
+  whole frame is searched again. Frames whose face sits away from the clip's typical face (the
+  medoid of the box centres) and profile faces the landmarks cannot fit are left out.
+
+  Args:
+    frames: (T, H, W, 3) uint8 RGB (a single image is a clip of one frame).
+    analyzer: the face analyzer (default: `get_analyzer()`, dlib HOG).
+    min_face: smallest face side searched, as a fraction of the frame's short side (default
+      MIN_FACE_FRACTION_VIDEO for clips, MIN_FACE_FRACTION for a single image).
+  """
+  analyzer = analyzer or get_analyzer()
+  frames = np.asarray(frames)
+  if frames.ndim == 3:
+    frames = frames[None]
+  t = len(frames)
+  if min_face is None:
+    min_face = MIN_FACE_FRACTION if t == 1 else MIN_FACE_FRACTION_VIDEO
+  counts = {"no_face": 0, "several": 0, "profile": 0, "elsewhere": 0}
+  boxes: list[FaceBox | None] = []
+  face_px = None
+  for frame in frames:
+    found = analyzer.detect(frame, min_face, face_px) if face_px else []
+    if not found:
+      found = analyzer.detect(frame, min_face)
+    counts["several"] += len(found) > 1
+    counts["no_face"] += not found
+    boxes.append(found[0] if found else None)
+    face_px = found[0].w if found else None
+  present = [i for i, b in enumerate(boxes) if b is not None]
+  if len(present) > 2:
+    centres = np.array([boxes[i].center for i in present])
+    dists = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+    medoid = centres[dists.sum(1).argmin()]
+    width = float(np.median([boxes[i].w for i in present]))
+    for i, c in zip(present, centres):
+      if np.linalg.norm(c - medoid) > 0.5 * width:
+        boxes[i] = None
+        counts["elsewhere"] += 1
+  landmarks = np.full((t, 68, 2), np.nan)
+  keypoints = np.full((t, 3, 2), np.nan)
+  for i, box in enumerate(boxes):
+    if box is None:
+      continue
+    if not analyzer.has_landmarks:
+      keypoints[i] = box_keypoints(frames[i], box)
+      continue
+    lm = analyzer.landmarks(frames[i], box)
+    if landmark_problem(lm, box):
+      boxes[i] = None
+      counts["profile"] += 1
+      continue
+    landmarks[i], keypoints[i] = lm, keypoints_from_68(lm)
+  found = np.array([b is not None for b in boxes])
+  return FaceTrack(landmarks, keypoints, found, boxes, counts,
+                   "landmarks" if analyzer.has_landmarks else "box")
 
 
 @dataclasses.dataclass
 class ClipAlignment:
-  """The per-clip alignment found by `clip_alignment`.
+  """The official alignment of a clip found by `clip_alignment`.
 
   Attributes:
-    transform: (2, 3) source-to-crop matrix.
+    transform: (2, 3) the clip's similarity (source to crop), before the per-frame translation.
+    transforms: (T, 2, 3) per-frame source-to-crop matrices (what `align_frames` applies).
     keypoints: (3, 2) clip-mean eye centres and mouth centre in source pixels.
-    frames_used: indices of the sampled frames where a face was found.
-    frames_sampled: how many frames were examined.
-    source: 'landmarks', 'box' or 'mixed' (which keypoints went into the mean).
+    track: the per-frame faces.
+    size: crop side.
+    notes: faces left out or chosen (several faces, profiles), naming the input.
   """
   transform: np.ndarray
+  transforms: np.ndarray
   keypoints: np.ndarray
-  frames_used: list[int]
-  frames_sampled: int
-  source: str
+  track: FaceTrack
+  size: int
+  notes: list[str]
+
+  @property
+  def source(self) -> str:
+    return self.track.source
+
+  @property
+  def frames_used(self) -> list[int]:
+    return [int(i) for i in np.flatnonzero(self.track.found)]
+
+  def aligned_landmarks(self) -> np.ndarray:
+    """(T, 68, 2) landmarks in crop pixels (NaN where not found)."""
+    return apply_frame_transforms(self.transforms, self.track.landmarks)
 
 
-def clip_alignment(frames: np.ndarray, size: int = 224, landmarker: Landmarker | None = None,
-                   max_samples: int = 16, min_face_fraction: float = 0.5,
-                   min_face: float | None = None, name: str = "video") -> ClipAlignment:
-  """One alignment for a whole clip: keypoints averaged over evenly sampled frames.
+def clip_alignment(frames: np.ndarray, size: int = 224, analyzer: FaceAnalyzer | None = None,
+                   min_face_fraction: float = 0.5, min_face: float | None = None,
+                   name: str = "video") -> ClipAlignment:
+  """The official alignment of a clip (see `official_transforms`), from every frame's face.
 
   Args:
     frames: (T, H, W, 3) uint8 RGB (a single image is a clip of one frame).
     size: output crop side.
-    landmarker: optional landmark model; the box fallback otherwise.
-    max_samples: frames examined (evenly spaced); detection on every frame is not needed for one
-      transform per clip.
-    min_face_fraction: the clip is refused when fewer sampled frames show a face.
-    min_face: smallest face side searched, as a fraction of the frame's short side (default
-      MIN_FACE_FRACTION_VIDEO for clips, MIN_FACE_FRACTION for a single image).
-    name: the input's name, for errors.
+    analyzer: the face analyzer (default: `get_analyzer()`, dlib HOG).
+    min_face_fraction: the clip is refused when fewer frames show a usable face.
+    min_face: smallest face side searched (see `track_faces`).
+    name: the input's name, for errors and notes.
 
   Raises:
-    InputError: naming `name`, when too few sampled frames show a face.
+    InputError: naming `name`: 'no_face' when too few frames show a face, 'profile_face' when
+      the faces found are profiles the landmarks cannot fit.
   """
-  frames = np.asarray(frames)
-  if frames.ndim == 3:
-    frames = frames[None]
-  t = frames.shape[0]
-  idx = np.unique(np.linspace(0, t - 1, min(t, max_samples)).round().astype(int))
-  if min_face is None:
-    min_face = MIN_FACE_FRACTION if t == 1 else MIN_FACE_FRACTION_VIDEO
-  found = []
-  for i in idx:
-    boxes = detect_faces(frames[i], min_face=min_face)
-    if boxes:
-      found.append((int(i), boxes[0]))
-  if not found or len(found) < min_face_fraction * len(idx):
-    raise InputError(name, f"no face found (a face in {len(found)} of {len(idx)} sampled "
-                           "frames)", "no_face")
-  # One face per clip: frames whose largest face is away from the clip's typical face (the
-  # medoid of the box centres; another person, a false detection) stay out of the mean.
-  centres = np.array([b.center for _, b in found])
-  dists = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
-  medoid, width = centres[dists.sum(1).argmin()], float(np.median([b.w for _, b in found]))
-  found = [f for f, c in zip(found, centres) if np.linalg.norm(c - medoid) <= 0.5 * width]
-  points, used, sources = [], [], set()
-  for i, box in found:
-    kp, src = face_keypoints(frames[i], box, landmarker)
-    points.append(kp)
-    used.append(i)
-    sources.add(src)
-  keypoints = np.mean(points, axis=0)
-  source = sources.pop() if len(sources) == 1 else "mixed"
-  return ClipAlignment(alignment_transform(*keypoints, size=size), keypoints, used, len(idx),
-                       source)
+  track = track_faces(frames, analyzer, min_face)
+  t, n = len(track.found), int(track.found.sum())
+  if n == 0 or n < min_face_fraction * t:
+    counts = track.counts
+    if counts["profile"] and counts["profile"] >= counts["no_face"]:
+      raise InputError(name, f"profile face: the 68 landmarks cannot fit (in {counts['profile']} "
+                             f"of {t} frames)" if t > 1 else
+                       "profile face: the 68 landmarks cannot fit", "profile_face")
+    raise InputError(name, "no face found" + (f" (a usable face in {n} of {t} frames)"
+                                              if t > 1 else ""), "no_face")
+  clip, per_frame = official_transforms(track.keypoints, track.found, size)
+  return ClipAlignment(clip, per_frame, track.keypoints[track.found].mean(0), track, size,
+                       track.notes(name))
 
 
-def align_image(image: np.ndarray, size: int = 224, landmarker: Landmarker | None = None,
+def align_image(image: np.ndarray, size: int = 224, analyzer: FaceAnalyzer | None = None,
                 name: str = "image") -> np.ndarray:
   """Detects, aligns and crops the largest face of one image to (size, size, 3).
 
   Raises:
     InputError: naming `name`, when no face is found.
   """
-  al = clip_alignment(image[None], size=size, landmarker=landmarker, max_samples=1, name=name)
-  return align_frames(image, al.transform, size)
+  al = clip_alignment(np.asarray(image)[None], size=size, analyzer=analyzer, name=name)
+  return align_frames(image, al.transforms[0], size)

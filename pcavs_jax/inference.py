@@ -7,8 +7,8 @@
   pcavs-jax generate --checkpoint CKPT --records DIR [--split test] --out DIR
 
 Inputs are prepared like training data (`pcavs_jax.face`, `pcavs_jax.audio`): the largest face of
-each reference image is detected and aligned on its own; a pose video gets one alignment for the
-whole clip; audio becomes 16 kHz mono, the official mel, and one (80, 20) window per 1/25 s. The
+each reference image is detected (dlib, 68 landmarks) and aligned on its own; a pose video gets the
+official clip alignment (one similarity, a smoothed per-frame mouth translation); audio becomes 16 kHz mono, the official mel, and one (80, 20) window per 1/25 s. The
 identity is encoded once per job (several references are averaged, as E_i does). Frame t takes its
 pose from pose frame `loop_indices(P, T)[t]`: a pose video longer than the audio is cut, a shorter
 one is played forwards and backwards as the official demo does (`--strict-pose-length` refuses it
@@ -122,8 +122,8 @@ class PrepareOptions:
     aligned: inputs are already aligned face crops (SynthTalk frames, preprocessed clips): no
       detection, only a resize.
     official_crop: apply the official loader's crop after alignment (official checkpoints).
-    landmark_model: optional face_landmark.tflite (or folder), see `pcavs_jax.face`; None reads
-      $PCAVS_LANDMARK_MODEL, and the box fallback is used where there is none.
+    detector: face detector, 'hog' (dlib, default) or 'cnn'; faces get dlib's 68 landmarks and
+      the official alignment (`pcavs_jax.face`).
     max_references: references used from a folder.
     max_frames: cut the audio to at most this many frames.
     strict_pose_length: refuse a pose video shorter than the audio instead of looping it.
@@ -132,7 +132,7 @@ class PrepareOptions:
   resolution: int = 224
   aligned: bool = False
   official_crop: bool = False
-  landmark_model: str | None = None
+  detector: str = "hog"
   max_references: int = MAX_REFERENCES
   max_frames: int | None = None
   strict_pose_length: bool = False
@@ -282,14 +282,9 @@ def read_visual(path: PathLike, what: str, limit: int | None = None
                       "or a folder of frames)", "unsupported")
 
 
-def _landmarker(options: PrepareOptions):
-  from pcavs_jax import face
-  return face.load_landmarker(options.landmark_model)
-
-
 def align(frames: np.ndarray, kind: str, name: str, options: PrepareOptions,
-          each: bool = False) -> np.ndarray:
-  """Aligned (K, R, R, 3) crops of frames read by `read_visual`.
+          each: bool = False, notes: list[str] | None = None) -> np.ndarray:
+  """Aligned (K, R, R, 3) crops of frames read by `read_visual` (the official alignment).
 
   Args:
     frames: (K, H, W, 3) uint8.
@@ -297,19 +292,25 @@ def align(frames: np.ndarray, kind: str, name: str, options: PrepareOptions,
     name: the input, for messages.
     options: preparation options (aligned inputs are only resized).
     each: align every frame on its own (separate photos), not once for the clip.
+    notes: if given, faces left out or chosen (several faces, profiles) are appended.
 
   Raises:
-    InputError: no face found.
+    InputError: no face found, or a profile face the landmarks cannot fit.
   """
   from pcavs_jax import face
   r = options.resolution
   if options.aligned:
     out = _resize(frames, r)
-  elif each or len(frames) == 1:
-    out = np.stack([face.align_image(f, r, _landmarker(options), name=name) for f in frames])
   else:
-    al = face.clip_alignment(frames, size=r, landmarker=_landmarker(options), name=name)
-    out = face.align_frames(frames, al.transform, r)
+    analyzer = face.get_analyzer(options.detector)
+    clips = [f[None] for f in frames] if each else [frames]
+    out = []
+    for clip in clips:
+      al = face.clip_alignment(clip, size=r, analyzer=analyzer, name=name)
+      out.append(face.align_frames(clip, al.transforms, r))
+      if notes is not None:
+        notes += [n for n in al.notes if n not in notes]
+    out = np.concatenate(out)
   return official_crop(out) if options.official_crop else out
 
 
@@ -325,11 +326,11 @@ def prepare_reference(path: PathLike, options: PrepareOptions, limit: int | None
     refs, notes = [], []
     for f in files:  # each photo is aligned on its own, and names itself in errors
       frames, kind, n = read_visual(f, "reference")
-      refs.append(align(frames, kind, str(f), options)[0])
       notes += n
+      refs.append(align(frames, kind, str(f), options, notes=notes)[0])
     return np.stack(refs), notes
   frames, kind, notes = read_visual(p, "reference", limit=1)
-  return align(frames[:1], "image", str(p), options), notes
+  return align(frames[:1], "image", str(p), options, notes=notes), notes
 
 
 def _audio_notes(path: pathlib.Path) -> list[str]:
@@ -407,7 +408,7 @@ def prepare_frames_source(path: PathLike, what: str, num_frames: int, options: P
   """
   want = min(num_frames, limit) if limit else num_frames
   frames, kind, notes = read_visual(path, what, limit=want)
-  frames = align(frames, kind, str(path), options)
+  frames = align(frames, kind, str(path), options, notes=notes)
   n = len(frames)
   if kind != "image" and n < num_frames:
     problem = (f"{what} source has {n} frames at {FPS} fps, shorter than the audio's "
@@ -1179,7 +1180,7 @@ def generate(checkpoint: PathLike | FrameDriver, reference: PathLike, audio: Pat
              out: PathLike, pose: PathLike | None = None, *, mouth_source: PathLike | None = None,
              panel: bool = False, frames_dir: PathLike | None = None, batch_size: int = 8,
              aligned: bool = False, official: bool | None = None,
-             landmark_model: str | None = None, max_frames: int | None = None,
+             detector: str = "hog", max_frames: int | None = None,
              strict_pose_length: bool = False, progress: bool = True) -> dict:
   """One talking-face video: `reference` says who, `audio` what, `pose` how the head moves.
 
@@ -1196,7 +1197,7 @@ def generate(checkpoint: PathLike | FrameDriver, reference: PathLike, audio: Pat
     batch_size: frames per device per network call.
     aligned: inputs are aligned face crops already (no detection).
     official: apply the official crop (default: when `checkpoint` is an official folder).
-    landmark_model: optional face_landmark.tflite for alignment.
+    detector: face detector, 'hog' (default) or 'cnn'.
     max_frames: cut the audio to this many frames.
     strict_pose_length: refuse a pose video shorter than the audio.
     progress: tqdm progress bar.
@@ -1211,7 +1212,7 @@ def generate(checkpoint: PathLike | FrameDriver, reference: PathLike, audio: Pat
   if out.suffix.lower() != ".mp4":
     raise InputError(out, "output must be an .mp4 file", "invalid")
   driver, options = _driver_and_options(checkpoint, batch_size, official, aligned=aligned,
-                                        landmark_model=landmark_model, max_frames=max_frames,
+                                        detector=detector, max_frames=max_frames,
                                         strict_pose_length=strict_pose_length, mouth=panel)
   spec = JobSpec(name=out.stem, reference=str(reference), audio=str(audio),
                  pose=str(pose) if pose else None,
@@ -1227,7 +1228,7 @@ def generate(checkpoint: PathLike | FrameDriver, reference: PathLike, audio: Pat
 def generate_batch(checkpoint: PathLike | FrameDriver, manifest: PathLike, out_dir: PathLike, *,
                    panel: bool = False, frames_dir: PathLike | None = None, batch_size: int = 8,
                    aligned: bool = False, official: bool | None = None,
-                   landmark_model: str | None = None, max_frames: int | None = None,
+                   detector: str = "hog", max_frames: int | None = None,
                    strict_pose_length: bool = False, overwrite: bool = False,
                    process_index: int | None = None, process_count: int | None = None,
                    progress: bool = True) -> dict:
@@ -1244,7 +1245,7 @@ def generate_batch(checkpoint: PathLike | FrameDriver, manifest: PathLike, out_d
   pi = jax.process_index() if process_index is None else process_index
   pc = jax.process_count() if process_count is None else process_count
   driver, options = _driver_and_options(checkpoint, batch_size, official, aligned=aligned,
-                                        landmark_model=landmark_model, max_frames=max_frames,
+                                        detector=detector, max_frames=max_frames,
                                         strict_pose_length=strict_pose_length, mouth=panel)
   return run_jobs(shard_jobs(jobs, pi, pc), driver, out_dir, options, panel=panel,
                   frames_dir=frames_dir, results_path=results_path(out_dir, pi, pc),
@@ -1285,7 +1286,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                     help="apply the official loader's face crop (default: only for official "
                          ".pth checkpoints)")
   crop.add_argument("--no-official-crop", dest="official", action="store_false")
-  p.add_argument("--landmark-model", help="face_landmark.tflite (default $PCAVS_LANDMARK_MODEL)")
+  p.add_argument("--detector", choices=("hog", "cnn"), default="hog",
+                 help="face detector: dlib's HOG (default, fast) or its CNN (slower, finds "
+                      "harder faces); faces get dlib's 68 landmarks and the official alignment")
   p.add_argument("--max-frames", type=int, default=None, help="cut the audio to this many frames")
   p.add_argument("--strict-pose-length", action="store_true",
                  help="refuse a pose video shorter than the audio instead of looping it")
@@ -1314,7 +1317,7 @@ def run(args: argparse.Namespace) -> int:
                      mouth_source=args.mouth_source, panel=args.panel,
                      frames_dir=args.frames_dir, batch_size=args.batch_size,
                      aligned=args.aligned, official=args.official,
-                     landmark_model=args.landmark_model, max_frames=args.max_frames,
+                     detector=args.detector, max_frames=args.max_frames,
                      strict_pose_length=args.strict_pose_length,
                      progress=not args.no_progress)
       for note in rec.get("notes", []):
@@ -1329,7 +1332,7 @@ def run(args: argparse.Namespace) -> int:
       summary = generate_batch(
           args.checkpoint, args.manifest, args.out, panel=args.panel,
           frames_dir=args.frames_dir, batch_size=args.batch_size, aligned=args.aligned,
-          official=args.official, landmark_model=args.landmark_model,
+          official=args.official, detector=args.detector,
           max_frames=args.max_frames, strict_pose_length=args.strict_pose_length,
           overwrite=args.overwrite, progress=not args.no_progress)
     else:

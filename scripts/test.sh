@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh dev
+# Real face photos for the face tests (.cache/test_faces, ignored by git).
+bash scripts/fetch_test_faces.sh
 # espeak-ng (a Debian package) speaks the sentence of the real-speech generation test.
 if ! command -v espeak-ng >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   { apt-get install -y -q espeak-ng || { apt-get update -q && apt-get install -y -q espeak-ng; }; } \
