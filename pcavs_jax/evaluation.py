@@ -1,26 +1,38 @@
-"""Evaluation of generated talking faces: SSIM, PSNR, CPBD, LMD, and SynthTalk's exact measures.
+"""Evaluation of generated talking faces: SSIM, PSNR, CPBD, LMD, CSIM, head-pose error, and
+SynthTalk's exact measures.
 
-  pcavs-jax evaluate --generated GEN --truth TRUTH [--landmark-model M] [--report R.json]
+  pcavs-jax evaluate --generated GEN --truth TRUTH [--reference IMG] [--pose-source POSE]
+      [--detector hog|cnn] [--report R.json]
   pcavs-jax evaluate --generated DIR --synthtalk EVAL_SET.npz [--report R.json]
 
 GEN and TRUTH are each a video, a folder of frames, or a folder of those (matched by relative
 name: `generate --manifest` or `--records` outputs against truth videos); TRUTH may also be a
-clip-record folder (`--split`, matched by clip id, e.g. against `generate --records`).
+clip-record folder (`--split`, matched by clip id, e.g. against `generate --records`). REFERENCE
+(the identity photo) and POSE (the pose source) are one file used for every video, or a folder
+holding one per video under the same name.
 
 Measures (generated frames are resized to the truth's size; the first min(T_gen, T_truth) frames
-are compared):
+are compared; the JSON report keeps every per-frame value):
 - ssim: mean per-frame SSIM (skimage, RGB, data range 255).
 - psnr: mean per-frame PSNR in dB (skimage), capped at 100 for identical frames.
 - cpbd: the no-reference sharpness of Narvekar & Karam (IEEE TIP 2011), cumulative probability
   of blur detection, of the generated frames (`cpbd_truth`: of the truth frames); higher is
   sharper.
-- lmd: mouth landmark distance, the mean distance in pixels (at the truth's size) between the 20
-  mouth landmarks of generated and truth frames. Needs the optional face-mesh landmark model
-  (`--landmark-model` or $PCAVS_LANDMARK_MODEL, see `pcavs_jax.face`); reported as unavailable
-  without it.
+- lmd: mouth landmark distance, the mean distance in pixels between the 20 mouth landmarks
+  (48-67 of dlib's 68 points) of generated and truth frames, each video in its own official
+  224 x 224 alignment (`pcavs_jax.face`), as the paper reports it. Lower is better.
+- csim: identity similarity, the cosine similarity of dlib's 128-d face descriptors of the
+  reference photo and each generated frame (without --reference: truth frame t against generated
+  frame t). Higher is better; two photos of one person score about 0.95, of two people 0.8.
+- pose_err_yaw, pose_err_pitch, pose_err_roll: head-pose error, the mean absolute difference in
+  degrees between the generated frames' and the pose-source frames' yaw, pitch and roll
+  (`face.head_pose`: solvePnP of the 68 points on a generic 3-D face); the pose source is the
+  truth unless --pose-source is given.
 - SynthTalk (`--synthtalk`): `data_pipeline.synthtalk.scoring.score`, the exact mouth, pose and
   identity errors against the rendered truth and the audio-to-mouth lag and sync, beside the
   baselines' scores (`baselines.json` next to the set) and the CPBD of the generated frames.
+Frames without a usable face (none, or a profile) are left out of the face measures and counted
+in `faces`; with several faces the largest is used (noted).
 
 Not supported: SyncNet's LSE-C / LSE-D. They need the SyncNet weights, which cannot be obtained
 or tested here, so no number is reported rather than an untested one; on SynthTalk, `lag` and
@@ -34,7 +46,7 @@ import math
 import os
 import pathlib
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -167,65 +179,75 @@ def mean_cpbd(frames: np.ndarray, every: int = 1) -> float:
   return float(np.mean(finite)) if finite else math.nan
 
 
-def ssim(generated: np.ndarray, truth: np.ndarray) -> float:
-  """Mean per-frame SSIM of two (T, H, W, 3) uint8 videos (skimage, RGB, range 255)."""
+def ssim_per_frame(generated: np.ndarray, truth: np.ndarray) -> np.ndarray:
+  """(T,) SSIM of two (T, H, W, 3) uint8 videos (skimage, RGB, range 255)."""
   from skimage import metrics
-  return float(np.mean([metrics.structural_similarity(g, t, channel_axis=-1, data_range=255)
-                        for g, t in zip(generated, truth)]))
+  return np.array([metrics.structural_similarity(g, t, channel_axis=-1, data_range=255)
+                   for g, t in zip(generated, truth)], np.float64)
+
+
+def ssim(generated: np.ndarray, truth: np.ndarray) -> float:
+  """Mean per-frame SSIM of two (T, H, W, 3) uint8 videos."""
+  return float(ssim_per_frame(generated, truth).mean())
+
+
+def psnr_per_frame(generated: np.ndarray, truth: np.ndarray) -> np.ndarray:
+  """(T,) PSNR (dB) of two uint8 videos, identical frames counted as 100 dB."""
+  from skimage import metrics
+  return np.array([PSNR_CAP if np.array_equal(g, t) else
+                   min(PSNR_CAP, metrics.peak_signal_noise_ratio(t, g, data_range=255))
+                   for g, t in zip(generated, truth)], np.float64)
 
 
 def psnr(generated: np.ndarray, truth: np.ndarray) -> float:
   """Mean per-frame PSNR (dB) of two uint8 videos, identical frames counted as 100 dB."""
-  from skimage import metrics
-  values = []
-  for g, t in zip(generated, truth):
-    if np.array_equal(g, t):
-      values.append(PSNR_CAP)
-    else:
-      values.append(min(PSNR_CAP, metrics.peak_signal_noise_ratio(t, g, data_range=255)))
-  return float(np.mean(values))
+  return float(psnr_per_frame(generated, truth).mean())
 
 
-def template_box(size: int):
-  """The face box where the official alignment puts the face in a `size` crop (detection
-  fallback for generated frames)."""
+# Face measures: LMD, CSIM, head-pose error (`pcavs_jax.face`, dlib's 68 points).
+
+
+def aligned_landmarks(track, size: int = 224) -> np.ndarray:
+  """(T, 68, 2) landmarks of a `face.FaceTrack` in the clip's official alignment at `size` px
+  (NaN where no usable face; all NaN when the clip shows none)."""
   from pcavs_jax import face
-  s = size / 224.0
-  eyes = face.TEMPLATE_224[:2]
-  width = (eyes[1, 0] - eyes[0, 0]) / (face.BOX_EYE_RIGHT[0] - face.BOX_EYE_LEFT[0])
-  x = eyes[0, 0] - face.BOX_EYE_LEFT[0] * width
-  y = eyes[0, 1] - face.BOX_EYE_LEFT[1] * width
-  return face.FaceBox(x * s, y * s, width * s, width * s)
+  if not track.found.any():
+    return np.full(track.landmarks.shape, np.nan)
+  _, transforms = face.official_transforms(track.keypoints, track.found, size)
+  return face.apply_frame_transforms(transforms, track.landmarks)
 
 
-def mouth_landmarks(frames: np.ndarray, landmarker: Callable) -> np.ndarray:
-  """(T, 20, 2) mouth landmarks per frame (NaN where the landmarker sees no face).
+def lmd_per_frame(generated: np.ndarray, truth: np.ndarray) -> np.ndarray:
+  """(T,) mean distance of the 20 mouth landmarks (48-67) of two (T, 68, 2) landmark arrays
+  (NaN where either side has none)."""
+  return np.linalg.norm(generated[:, MOUTH] - truth[:, MOUTH], axis=-1).mean(-1)
 
-  Args:
-    frames: (T, H, W, 3) uint8.
-    landmarker: `face.Landmarker` (or any callable (image, box) -> (68, 2) or None).
-  """
-  from pcavs_jax import face
-  out = np.full((len(frames), MOUTH.stop - MOUTH.start, 2), np.nan)
-  for i, frame in enumerate(frames):
-    boxes = face.detect_faces(frame)
-    box = boxes[0] if boxes else template_box(frame.shape[0])
-    lm = landmarker(frame, box)
-    if lm is not None:
-      out[i] = np.asarray(lm, np.float64)[MOUTH]
+
+def descriptors(frames: np.ndarray, track, analyzer) -> np.ndarray:
+  """(T, 128) dlib face descriptors of tracked frames (NaN where no usable face)."""
+  out = np.full((len(frames), 128), np.nan)
+  for i in np.flatnonzero(track.found):
+    out[i] = analyzer.descriptor(frames[i], track.landmarks[i])
   return out
 
 
-def lmd(generated: np.ndarray, truth: np.ndarray, landmarker: Callable) -> float:
-  """Mouth landmark distance: mean over frames and mouth points of |generated - truth| (px).
+def csim_per_frame(generated: np.ndarray, reference: np.ndarray) -> np.ndarray:
+  """(T,) cosine similarity of (T, 128) descriptors with (128,) or (T, 128) ones (NaN-safe)."""
+  ref = np.broadcast_to(reference, generated.shape)
+  dot = (generated * ref).sum(-1)
+  return dot / (np.linalg.norm(generated, axis=-1) * np.linalg.norm(ref, axis=-1))
 
-  Frames where either side has no landmarks are left out; NaN when none is left.
-  """
-  g = mouth_landmarks(generated, landmarker)
-  t = mouth_landmarks(truth, landmarker)
-  d = np.linalg.norm(g - t, axis=-1).mean(axis=-1)
-  d = d[np.isfinite(d)]
-  return float(d.mean()) if d.size else math.nan
+
+def head_poses(track) -> np.ndarray:
+  """(T, 3) yaw, pitch, roll in degrees of tracked frames (NaN where no usable face)."""
+  from pcavs_jax import face
+  return np.stack([face.head_pose(lm) for lm in track.landmarks])
+
+
+def pose_error_per_frame(generated: np.ndarray, source: np.ndarray) -> np.ndarray:
+  """(T, 3) absolute yaw, pitch, roll differences in degrees (wrapped to [0, 180])."""
+  d = np.abs(generated - source) % 360.0
+  return np.minimum(d, 360.0 - d)
 
 
 def match_frames(generated: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray,
@@ -244,21 +266,79 @@ def match_frames(generated: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, 
   return g, tr, notes
 
 
-def evaluate_pair(generated: np.ndarray, truth: np.ndarray, landmarker: Callable | None = None,
+FACE_KEYS = ("lmd", "csim", "pose_err_yaw", "pose_err_pitch", "pose_err_roll")
+
+
+def face_measures(generated: np.ndarray, truth: np.ndarray, analyzer, *,
+                  reference: np.ndarray | None = None, pose_source: np.ndarray | None = None
+                  ) -> tuple[dict[str, np.ndarray], dict[str, int], list[str]]:
+  """Per-frame LMD, CSIM and head-pose errors of generated frames (see the module docstring).
+
+  Args:
+    generated, truth: (T, H, W, 3) uint8 of the same length.
+    analyzer: a `face.FaceAnalyzer` with landmarks (dlib).
+    reference: (128,) descriptor of the reference photo; None compares truth frame t.
+    pose_source: (P, H, W, 3) pose-source frames (the first T are used); None: the truth.
+
+  Returns:
+    (per-frame values by FACE_KEYS, frames with a usable face per video, notes).
+  """
+  from pcavs_jax import face
+  tracks = {"generated": face.track_faces(generated, analyzer),
+            "truth": face.track_faces(truth, analyzer)}
+  if pose_source is not None:
+    tracks["pose_source"] = face.track_faces(pose_source[:len(generated)], analyzer)
+  notes = [n for name, tr in tracks.items() for n in tr.notes(name)]
+  notes += [f"{name}: no usable face in any frame" for name, tr in tracks.items()
+            if not tr.found.any()]
+  gen, tru = tracks["generated"], tracks["truth"]
+  if reference is None:
+    reference = descriptors(truth, tru, analyzer)
+  poses = head_poses(tracks.get("pose_source", tru))
+  if len(poses) == 1:   # a pose image: one pose held for every frame
+    poses = np.repeat(poses, len(generated), axis=0)
+  t = min(len(generated), len(poses))
+  pose_err = np.full((len(generated), 3), np.nan)
+  pose_err[:t] = pose_error_per_frame(head_poses(gen)[:t], poses[:t])
+  values = {"lmd": lmd_per_frame(aligned_landmarks(gen), aligned_landmarks(tru)),
+            "csim": csim_per_frame(descriptors(generated, gen, analyzer), reference),
+            "pose_err_yaw": pose_err[:, 0], "pose_err_pitch": pose_err[:, 1],
+            "pose_err_roll": pose_err[:, 2]}
+  return values, {name: int(tr.found.sum()) for name, tr in tracks.items()}, notes
+
+
+def evaluate_pair(generated: np.ndarray, truth: np.ndarray, analyzer=None, *,
+                  reference: np.ndarray | None = None, pose_source: np.ndarray | None = None,
                   cpbd_every: int = 1) -> dict[str, Any]:
-  """SSIM, PSNR, CPBD (generated and truth) and LMD of one generated video against its truth.
+  """SSIM, PSNR, CPBD (generated and truth), LMD, CSIM and pose errors of one generated video.
 
   Args:
     generated, truth: (T, H, W, 3) uint8.
-    landmarker: for LMD; None reports LMD as unavailable (NaN).
+    analyzer: `face.FaceAnalyzer` for the face measures; None, or one without landmarks (no
+      dlib), reports them as unavailable (NaN).
+    reference: (128,) descriptor of the reference photo for CSIM (None: the truth frames).
+    pose_source: pose-source frames for the pose error (None: the truth).
     cpbd_every: CPBD on every n-th frame (it is the slowest measure).
+
+  Returns:
+    means by measure, 'frames', 'per_frame' (measure -> list), 'faces' and 'notes'.
   """
   g, t, notes = match_frames(generated, truth)
   if len(g) == 0:
     raise ValueError("no frames to compare")
-  out = {"frames": int(len(g)), "ssim": ssim(g, t), "psnr": psnr(g, t),
-         "cpbd": mean_cpbd(g, cpbd_every), "cpbd_truth": mean_cpbd(t, cpbd_every),
-         "lmd": lmd(g, t, landmarker) if landmarker is not None else math.nan}
+  per_frame = {"ssim": ssim_per_frame(g, t), "psnr": psnr_per_frame(g, t)}
+  faces: dict[str, int] = {}
+  if analyzer is not None and analyzer.has_landmarks:
+    values, faces, face_notes = face_measures(g, t, analyzer, reference=reference,
+                                              pose_source=pose_source)
+    per_frame.update(values)
+    notes += face_notes
+  out = {"frames": int(len(g)), **{k: _nanmean(v) for k, v in per_frame.items()},
+         "cpbd": mean_cpbd(g, cpbd_every), "cpbd_truth": mean_cpbd(t, cpbd_every)}
+  out.update({k: math.nan for k in FACE_KEYS if k not in out})
+  out["per_frame"] = {k: v.tolist() for k, v in per_frame.items()}
+  if faces:
+    out["faces"] = faces
   if notes:
     out["notes"] = notes
   return out
@@ -349,26 +429,66 @@ def _truth_items(truth: pathlib.Path, split: str) -> Iterator[tuple[str, Any]]:
     yield name, path
 
 
-def evaluate_paths(generated: PathLike, truth: PathLike, *, split: str = "test",
-                   landmark_model: str | None = None, landmarker: Callable | None = None,
-                   max_frames: int | None = None, cpbd_every: int = 1) -> dict[str, Any]:
-  """Scores generated videos against ground-truth videos (see the module docstring).
+def _for_name(path: pathlib.Path | None, name: str, what: str) -> pathlib.Path | None:
+  """`path` itself, or the entry of a folder named like the video `name` (None: none given)."""
+  if path is None or path.is_file() or _is_frames_dir(path):
+    return path
+  if not path.is_dir():
+    raise InputError(path, f"{what} not found", "missing")
+  found = [f for f in sorted(path.glob(f"{name}.*")) if not f.name.startswith(".")]
+  if (path / name).is_dir():
+    found.insert(0, path / name)
+  if not found:
+    raise InputError(path, f"no {what} named {name!r} in this folder", "missing")
+  return found[0]
 
-  Returns:
-    The report: 'metrics' (means over videos), 'per_video', 'unmatched', 'notes'.
+
+def reference_descriptor(path: PathLike, analyzer) -> np.ndarray:
+  """(128,) dlib descriptor of the largest face of a reference photo (or a video's first frame).
 
   Raises:
-    InputError: unreadable inputs, or no generated video has a truth.
+    InputError: naming the photo, when it shows no usable face.
+  """
+  from pcavs_jax import face
+  p = pathlib.Path(path)
+  image = media.read_image(p) if media.is_image_path(p) else read_frames(p, 1)[0]
+  al = face.clip_alignment(image[None], analyzer=analyzer, name=str(p))
+  return analyzer.descriptor(image, al.track.landmarks[0])
+
+
+def evaluate_paths(generated: PathLike, truth: PathLike, *, split: str = "test",
+                   reference: PathLike | None = None, pose_source: PathLike | None = None,
+                   detector: str = "hog", analyzer=None, max_frames: int | None = None,
+                   cpbd_every: int = 1) -> dict[str, Any]:
+  """Scores generated videos against ground-truth videos (see the module docstring).
+
+  Args:
+    generated, truth: see the module docstring.
+    split: record split when `truth` is a record folder.
+    reference: the reference photo (CSIM), or a folder of them named like the videos.
+    pose_source: the pose source (pose error), or a folder of them named like the videos.
+    detector: face detector ('hog' or 'cnn'), unless `analyzer` is given.
+    analyzer: a `face.FaceAnalyzer` to use.
+    max_frames: compare at most this many frames.
+    cpbd_every: CPBD on every n-th frame.
+
+  Returns:
+    The report: 'metrics' (means over videos), 'per_video' (with per-frame values),
+    'unmatched', 'notes'.
+
+  Raises:
+    InputError: unreadable inputs, a reference without a face, or no generated video has a
+      truth.
   """
   from pcavs_jax import face
   gen_p, truth_p = pathlib.Path(generated), pathlib.Path(truth)
+  ref_p = pathlib.Path(reference) if reference else None
+  pose_p = pathlib.Path(pose_source) if pose_source else None
   gens = collect(gen_p)
   notes: list[str] = []
-  if landmarker is None:
-    landmarker = face.load_landmarker(landmark_model)
-  if landmarker is None:
-    notes.append("lmd unavailable: no landmark model (give --landmark-model or set "
-                 f"${face.LANDMARK_MODEL_ENV} to MediaPipe's face_landmark.tflite)")
+  analyzer = analyzer or face.get_analyzer(detector)
+  if not analyzer.has_landmarks:
+    notes.append("lmd, csim and pose errors unavailable: " + analyzer.note)
   single = len(gens) == 1 and not _is_records(truth_p) and (truth_p.is_file()
                                                             or _is_frames_dir(truth_p))
   per_video: dict[str, dict] = {}
@@ -379,7 +499,13 @@ def evaluate_paths(generated: PathLike, truth: PathLike, *, split: str = "test",
       continue
     t = source if isinstance(source, np.ndarray) else read_frames(source, max_frames)
     g = read_frames(gens[key], max_frames)
-    per_video[key] = evaluate_pair(g, t[:max_frames], landmarker, cpbd_every)
+    faces = {}
+    if analyzer.has_landmarks:
+      ref = _for_name(ref_p, key, "reference")
+      pose = _for_name(pose_p, key, "pose source")
+      faces = {"reference": None if ref is None else reference_descriptor(ref, analyzer),
+               "pose_source": None if pose is None else read_frames(pose, max_frames)}
+    per_video[key] = evaluate_pair(g, t[:max_frames], analyzer, cpbd_every=cpbd_every, **faces)
     matched.add(key)
     if single:
       break
@@ -389,13 +515,16 @@ def evaluate_paths(generated: PathLike, truth: PathLike, *, split: str = "test",
                               f"({', '.join(sorted(gens)[:5])}...)", "missing")
   if unmatched:
     notes.append(f"{len(unmatched)} generated videos have no ground truth and were not scored")
-  keys = ("ssim", "psnr", "cpbd", "cpbd_truth", "lmd")
+  keys = ("ssim", "psnr", "cpbd", "cpbd_truth") + FACE_KEYS
   metrics = {k: _nanmean([v[k] for v in per_video.values()]) for k in keys}
   metrics["videos"] = len(per_video)
   metrics["frames"] = int(sum(v["frames"] for v in per_video.values()))
-  return {"mode": "paired", "generated": str(gen_p), "truth": str(truth_p), "metrics": metrics,
+  return {"mode": "paired", "generated": str(gen_p), "truth": str(truth_p),
+          "reference": str(ref_p) if ref_p else None,
+          "pose_source": str(pose_p) if pose_p else "truth", "metrics": metrics,
           "per_video": per_video, "unmatched": unmatched, "notes": notes,
-          "lmd_available": landmarker is not None, "not_supported": NOT_SUPPORTED}
+          "detector": analyzer.detector, "face_measures": analyzer.has_landmarks,
+          "not_supported": NOT_SUPPORTED}
 
 
 def _nanmean(values) -> float:
@@ -459,7 +588,10 @@ def evaluate_synthtalk(generated: PathLike, eval_set_path: PathLike, *, max_lag:
 
 PAIRED_COLUMNS = (("ssim", "SSIM", "{:.3f}"), ("psnr", "PSNR dB", "{:.2f}"),
                   ("cpbd", "CPBD", "{:.3f}"), ("cpbd_truth", "CPBD truth", "{:.3f}"),
-                  ("lmd", "LMD px", "{:.2f}"))
+                  ("lmd", "LMD px", "{:.2f}"), ("csim", "CSIM", "{:.3f}"),
+                  ("pose_err_yaw", "yaw err °", "{:.2f}"),
+                  ("pose_err_pitch", "pitch err °", "{:.2f}"),
+                  ("pose_err_roll", "roll err °", "{:.2f}"))
 SYNTHTALK_COLUMNS = (("ssim", "SSIM", "{:.3f}"), ("psnr", "PSNR dB", "{:.2f}"),
                      ("mouth_err", "mouth err", "{:.3f}"), ("pose_err", "pose err", "{:.3f}"),
                      ("identity_err", "id err", "{:.3f}"), ("sync", "sync", "{:.3f}"),
@@ -473,23 +605,32 @@ def _cell(value, fmt: str) -> str:
 
 
 def format_table(report: Mapping[str, Any], max_rows: int = 20) -> str:
-  """The report as a plain-text table: the mean row, per-video rows, then baselines."""
+  """The report as a text table (rich): the mean row, per-video rows, baselines, then notes."""
+  import io
+
+  import rich.box
+  from rich.console import Console
+  from rich.table import Table
   columns = SYNTHTALK_COLUMNS if report["mode"] == "synthtalk" else PAIRED_COLUMNS
-  rows = [("generated (mean)", report["metrics"])]
+  table = Table(box=rich.box.SIMPLE_HEAD, pad_edge=False)
+  table.add_column("", no_wrap=True)
+  for _, head, _ in columns:
+    table.add_column(head, justify="right", no_wrap=True)
   per = report.get("per_video", {})
+  rows = [("generated (mean)", report["metrics"])]
   rows += [(f"  {name}", m) for name, m in list(per.items())[:max_rows]]
-  for name, m in report.get("baselines", {}).items():
-    rows.append((f"baseline {name}", m))
-  width = max(len(r[0]) for r in rows) + 2
-  head = "".ljust(width) + "".join(h.rjust(12) for _, h, _ in columns)
-  lines = [head, "-" * len(head)]
+  rows += [(f"baseline {name}", m) for name, m in report.get("baselines", {}).items()]
   for label, m in rows:
-    lines.append(label.ljust(width) + "".join(_cell(m.get(k), f).rjust(12)
-                                              for k, _, f in columns))
+    table.add_row(label, *(_cell(m.get(k), f) for k, _, f in columns))
+  console = Console(file=io.StringIO(), width=240, color_system=None, force_terminal=False)
+  console.print(table)
+  lines = [line.rstrip() for line in console.file.getvalue().strip("\n").splitlines()]
   if len(per) > max_rows:
     lines.append(f"  ... {len(per) - max_rows} more videos in the JSON report")
   for note in report.get("notes", []):
     lines.append(f"note: {note}")
+  for name, m in list(per.items())[:max_rows]:
+    lines += [f"note: {name}: {n}" for n in m.get("notes", [])]
   for name, why in report.get("not_supported", {}).items():
     lines.append(f"{name}: {why}")
   return "\n".join(lines)
@@ -525,15 +666,20 @@ def write_report(report: Mapping[str, Any], path: PathLike) -> pathlib.Path:
 def register(subparsers) -> argparse.ArgumentParser:
   """Adds the `evaluate` subcommand."""
   p = subparsers.add_parser(
-      "evaluate", help="score generated videos: SSIM, PSNR, CPBD, LMD; SynthTalk exact measures",
+      "evaluate", help="score generated videos: SSIM, PSNR, CPBD, LMD, CSIM, pose error; SynthTalk "
+           "exact measures",
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--generated", required=True, help="generated video, frames folder, or folder")
   truth = p.add_mutually_exclusive_group(required=True)
   truth.add_argument("--truth", help="ground truth: video, frames folder, folder, or records")
   truth.add_argument("--synthtalk", help="SynthTalk cross-driven eval_set.npz")
   p.add_argument("--split", default="test", help="record split when --truth is a record folder")
-  p.add_argument("--landmark-model", help="face_landmark.tflite for LMD "
-                                          "(default $PCAVS_LANDMARK_MODEL)")
+  p.add_argument("--reference", help="reference photo for CSIM, or a folder of them named like "
+                                     "the videos (default: CSIM against the truth frames)")
+  p.add_argument("--pose-source", help="pose source for the pose error: video, frames or a "
+                                       "folder of them named like the videos (default: truth)")
+  p.add_argument("--detector", choices=("hog", "cnn"), default="hog",
+                 help="face detector for the face measures (dlib HOG or CNN)")
   p.add_argument("--max-frames", type=int, default=None, help="compare at most this many frames")
   p.add_argument("--cpbd-every", type=int, default=1, help="CPBD on every n-th frame")
   p.add_argument("--report", help="JSON report path (default: beside the generated videos)")
@@ -554,7 +700,8 @@ def run(args: argparse.Namespace) -> int:
       report = evaluate_synthtalk(args.generated, args.synthtalk, cpbd_every=args.cpbd_every)
     else:
       report = evaluate_paths(args.generated, args.truth, split=args.split,
-                              landmark_model=args.landmark_model, max_frames=args.max_frames,
+                              reference=args.reference, pose_source=args.pose_source,
+                              detector=args.detector, max_frames=args.max_frames,
                               cpbd_every=args.cpbd_every)
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
