@@ -66,35 +66,71 @@ def test_ssim_psnr_identical_and_noisy():
   assert ev.ssim(noisy, a) < 0.9
 
 
-class _FakeLandmarker:
-  """Landmarks at fixed places, shifted by the frame's mean red value / 10 in x and y."""
-
-  def __call__(self, image, box):
-    base = np.stack([np.arange(68.0), np.arange(68.0) / 2], -1)
-    return base + image[..., 0].mean() / 10.0
+ROLL = 10 * np.sin(np.arange(8) / 2)   # degrees, counter-clockwise, of _head_moving's frames
 
 
-def test_lmd_is_the_mean_mouth_point_distance():
-  truth = np.zeros((2, 32, 32, 3), np.uint8)
-  gen = truth.copy()
-  gen[..., 0] = 30          # shifted by (3, 3): distance 3 sqrt(2)
-  assert ev.lmd(gen, truth, _FakeLandmarker()) == pytest.approx(3 * math.sqrt(2))
-  assert ev.lmd(truth, truth, _FakeLandmarker()) == 0.0
-  box = ev.template_box(224)  # eyes of the template fall where the box fallback expects eyes
+def _head_moving(frames: int = 8) -> np.ndarray:
+  """The astronaut's face turned by ROLL and moved a little per frame, 256 px."""
+  import cv2
+  img = data.astronaut()
+  out = []
+  for t in range(frames):
+    m = cv2.getRotationMatrix2D((225.0, 125.0), ROLL[t], 1.0)
+    m[:, 2] += (128 - 225 + 6 * np.sin(t / 3), 110 - 125 + 4 * np.cos(t / 3))
+    out.append(cv2.warpAffine(img, m, (256, 256), borderMode=cv2.BORDER_REFLECT))
+  return np.stack(out)
+
+
+def test_face_measures_of_a_video_against_itself_and_others(tmp_path):
   from pcavs_jax import face
-  kp = face.box_keypoints(np.zeros((224, 224, 3), np.uint8), box, use_eye_cascade=False)
-  np.testing.assert_allclose(kp[:2], face.TEMPLATE_224[:2], atol=1e-6)
+  video = _head_moving()
+  analyzer = face.get_analyzer()
+  same = ev.evaluate_pair(video, video, analyzer)
+  assert same["lmd"] == 0.0 and same["per_frame"]["lmd"] == [0.0] * len(video)
+  assert same["csim"] == pytest.approx(1.0)
+  assert same["pose_err_yaw"] == same["pose_err_pitch"] == same["pose_err_roll"] == 0.0
+  assert same["faces"] == {"generated": len(video), "truth": len(video)}
+  # Played backwards: mouths and poses differ by frame, the identity does not.
+  other = ev.evaluate_pair(video[::-1].copy(), video, analyzer)
+  assert other["lmd"] > 0.5 and other["csim"] > 0.95
+  assert other["pose_err_roll"] == pytest.approx(np.abs(ROLL - ROLL[::-1]).mean(), abs=1.5)
+  # A pose source: the reversed video against itself has no pose error.
+  posed = ev.evaluate_pair(video[::-1].copy(), video, analyzer, pose_source=video[::-1].copy())
+  assert posed["pose_err_roll"] == 0.0 and posed["lmd"] == other["lmd"]
+  # A reference photo: the astronaut's own descriptor; a cat has no face, named in one line.
+  media.write_image(tmp_path / "ref.png", data.astronaut())
+  media.write_image(tmp_path / "cat.png", data.chelsea())
+  referenced = ev.evaluate_pair(video, video, analyzer,
+                                reference=ev.reference_descriptor(tmp_path / "ref.png", analyzer))
+  assert referenced["csim"] > 0.95
+  with pytest.raises(media.InputError, match=r"cat.png: no face found$"):
+    ev.reference_descriptor(tmp_path / "cat.png", analyzer)
+  noise = np.random.default_rng(0).integers(90, 160, video.shape, dtype=np.uint8)
+  blank = ev.evaluate_pair(noise, video, analyzer)
+  assert math.isnan(blank["lmd"]) and math.isnan(blank["csim"]) and blank["faces"]["generated"] == 0
+  assert any("generated: no usable face in any frame" in n for n in blank["notes"])
+
+
+def test_pose_error_wraps_and_lmd_counts_mouth_points():
+  np.testing.assert_allclose(ev.pose_error_per_frame(np.array([[179.0, -10, 5]]),
+                                                     np.array([[-179.0, 10, 5]])), [[2, 20, 0]])
+  a = np.zeros((2, 68, 2))
+  b = a.copy()
+  b[:, 48:68] += (3.0, 4.0)       # every mouth point 5 px away
+  b[:, :48] += 100.0              # other points do not count
+  np.testing.assert_allclose(ev.lmd_per_frame(b, a), [5.0, 5.0])
 
 
 def test_evaluate_pair_resizes_and_cuts():
-  img = media.to_rgb_uint8(data.astronaut()[100:228, 150:278])
+  img = media.to_rgb_uint8(data.astronaut()[20:276, 100:356])
   truth = np.stack([img] * 5)
-  gen = np.stack([np.kron(_blur(img, 1.0), np.ones((2, 2, 1), np.uint8))] * 4)  # 256 px, 4 frames
-  out = ev.evaluate_pair(gen, truth, _FakeLandmarker())
+  gen = np.stack([np.kron(_blur(img, 1.0), np.ones((2, 2, 1), np.uint8))] * 4)  # 512 px, 4 frames
+  from pcavs_jax import face
+  out = ev.evaluate_pair(gen, truth, face.get_analyzer())
   assert out["frames"] == 4 and len(out["notes"]) == 2
   assert 0.5 < out["ssim"] < 1.0 and 20 < out["psnr"] < 100
   assert out["cpbd"] < out["cpbd_truth"]
-  assert np.isfinite(out["lmd"])
+  assert out["lmd"] < 1.5 and out["csim"] > 0.95 and len(out["per_frame"]["csim"]) == 4
 
 
 # -------------------------------------------------------------------------- files and reports
@@ -112,36 +148,49 @@ def videos(tmp_path_factory) -> pathlib.Path:
     media.write_video(d / "gen" / f"{name}.mp4", _blur(np.roll(truth, shift, axis=2), 1.5))
   media.write_video(d / "gen" / "a_panel.mp4", truth)   # panels are not scored
   media.write_video(d / "gen" / "extra.mp4", truth)     # no truth: listed, not scored
+  media.write_image(d / "cat.png", data.chelsea())      # a reference without a face
   return d
 
 
-def test_evaluate_paths_folders(videos, monkeypatch):
-  monkeypatch.delenv("PCAVS_LANDMARK_MODEL", raising=False)
+def test_evaluate_paths_folders(videos):
   report = ev.evaluate_paths(videos / "gen", videos / "truth")
   assert set(report["per_video"]) == {"a", "b"} and report["unmatched"] == ["extra"]
   m = report["metrics"]
   assert m["videos"] == 2 and m["frames"] == 12
   assert 0.5 < m["ssim"] < 1 and m["cpbd"] < m["cpbd_truth"]
-  assert math.isnan(m["lmd"]) and not report["lmd_available"]
-  assert any("lmd unavailable" in n for n in report["notes"])
+  assert report["face_measures"] and report["detector"] == "hog"
+  assert m["lmd"] < 3 and m["csim"] > 0.95 and m["pose_err_roll"] < 3
+  assert len(report["per_video"]["a"]["per_frame"]["lmd"]) == 6
   assert "LSE-C/LSE-D" in report["not_supported"]
   single = ev.evaluate_paths(videos / "gen" / "a.mp4", videos / "truth" / "b.mp4")
   assert list(single["per_video"]) == ["a"]
   assert single["metrics"]["ssim"] < m["ssim"]   # a shifted truth matches worse
 
 
-def test_report_json_and_table(videos, tmp_path, capsys, monkeypatch):
-  monkeypatch.delenv("PCAVS_LANDMARK_MODEL", raising=False)
+def test_report_json_and_table(videos, tmp_path, capsys):
   parser = argparse.ArgumentParser()
   ev.register(parser.add_subparsers())
   args = parser.parse_args(["evaluate", "--generated", str(videos / "gen"), "--truth",
                             str(videos / "truth"), "--report", str(tmp_path / "r.json")])
   assert args.func(args) == 0
   text = capsys.readouterr().out
-  assert "SSIM" in text and "CPBD" in text and "LMD px" in text and "n/a" in text
+  for head in ("SSIM", "CPBD", "LMD px", "CSIM", "yaw err °", "pitch err °", "roll err °"):
+    assert head in text
   assert "LSE-C/LSE-D: not supported" in text
-  report = json.loads((tmp_path / "r.json").read_text())  # NaN written as null: valid JSON
-  assert report["metrics"]["lmd"] is None and report["metrics"]["videos"] == 2
+  report = json.loads((tmp_path / "r.json").read_text())
+  assert report["metrics"]["videos"] == 2 and report["metrics"]["lmd"] >= 0
+  assert len(report["per_video"]["b"]["per_frame"]["pose_err_yaw"]) == 6
+  # Without dlib the face measures are unavailable (NaN, written as null: valid JSON).
+  from pcavs_jax import face
+  haar = ev.evaluate_paths(videos / "gen" / "a.mp4", videos / "truth" / "a.mp4",
+                           analyzer=face.FaceAnalyzer("haar"))
+  assert math.isnan(haar["metrics"]["lmd"]) and not haar["face_measures"]
+  assert "n/a" in ev.format_table(haar)
+  args = parser.parse_args(["evaluate", "--generated", str(videos / "gen" / "a.mp4"), "--truth",
+                            str(videos / "truth" / "a.mp4"), "--reference",
+                            str(videos / "cat.png"), "--report", str(tmp_path / "c.json")])
+  assert args.func(args) == 2
+  assert capsys.readouterr().err.strip() == f"error: {videos / 'cat.png'}: no face found"
   args = parser.parse_args(["evaluate", "--generated", str(tmp_path / "none"), "--truth",
                             str(videos / "truth")])
   assert args.func(args) == 2 and "not found" in capsys.readouterr().err
