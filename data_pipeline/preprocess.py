@@ -149,7 +149,8 @@ LANDMARKS_KEY = "landmarks"     # truth key of the per-frame 68 landmarks (align
 def process_video(path: str | os.PathLike, clip_id: str, identity: str, label: int, *,
                   resolution: int = 224, detector: str = "hog",
                   min_frames: int = DEFAULT_MIN_FRAMES, max_frames: int | None = None,
-                  source: str | None = None, notes: list[str] | None = None) -> Clip:
+                  source: str | None = None, notes: list[str] | None = None,
+                  timings: dict[str, float] | None = None) -> Clip:
   """Decodes, aligns and analyses one video into a `Clip`.
 
   Args:
@@ -161,6 +162,7 @@ def process_video(path: str | os.PathLike, clip_id: str, identity: str, label: i
     max_frames: longer clips are cut to this many frames.
     source: the clip's `source` field (default: the path).
     notes: if given, what the face stage left out or chose is appended (one line each).
+    timings: if given, the face stage's seconds are stored under 'face'.
 
   Raises:
     InputError: with a problem text naming why the video cannot be used.
@@ -187,11 +189,14 @@ def process_video(path: str | os.PathLike, clip_id: str, identity: str, label: i
   frames = frames[:t]
   wav = wav[:t * media.SAMPLES_PER_FRAME]
   media.check_speech(wav, path, min_frames=min_frames)
+  start = time.perf_counter()
   al = face.clip_alignment(frames, size=resolution, analyzer=face.get_analyzer(detector),
                            name=str(path))
   if notes is not None:
     notes.extend(al.notes)
   aligned = face.align_frames(frames, al.transforms, resolution)
+  if timings is not None:
+    timings["face"] = time.perf_counter() - start
   truth = ({LANDMARKS_KEY: al.aligned_landmarks().astype(np.float32)}
            if al.source == "landmarks" else {})
   clip = Clip(clip_id=clip_id, identity=identity, label=int(label), frames=aligned, audio=wav,
@@ -209,6 +214,7 @@ class Outcome:
   detail: str = ""
   seconds: float = 0.0
   notes: list[str] = dataclasses.field(default_factory=list)
+  face_seconds: float = 0.0
 
 
 _WORKER: dict[str, Any] = {}
@@ -230,10 +236,12 @@ def _ping() -> bool:
 def _run_task(task: VideoTask) -> Outcome:
   start = time.perf_counter()
   notes: list[str] = []
+  timings: dict[str, float] = {}
   try:
     clip = process_video(task.path, task.clip_id, task.identity, task.label, source=task.rel,
-                         notes=notes, **_WORKER.get("options", {}))
-    return Outcome(clip=clip, seconds=time.perf_counter() - start, notes=notes)
+                         notes=notes, timings=timings, **_WORKER.get("options", {}))
+    return Outcome(clip=clip, seconds=time.perf_counter() - start, notes=notes,
+                   face_seconds=timings["face"])
   except InputError as e:
     return Outcome(reason=e.kind, detail=e.problem, seconds=time.perf_counter() - start)
   except Exception as e:  # one odd file must never stop the run
@@ -463,7 +471,8 @@ def preprocess_videos(videos_dir: str | os.PathLike, out_dir: str | os.PathLike,
           task, outcome = results.pop()
           entry = {"path": task.rel, "clip_id": task.clip_id, "identity": task.identity,
                    "label": task.label, "split": task.split, "frames": outcome.clip.num_frames,
-                   "file": file, "seconds": round(outcome.seconds, 2)}
+                   "file": file, "seconds": round(outcome.seconds, 2),
+                   "face_seconds": round(outcome.face_seconds, 2)}
           if outcome.notes:
             entry["notes"] = outcome.notes
           note(dict(entry, status="pending"))

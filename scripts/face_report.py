@@ -1,8 +1,9 @@
 """Measurements of the face stage for issue reports (not part of the library).
 
-  python scripts/face_report.py video OUT_TREE [--frames 75]
+  python scripts/face_report.py video OUT_TREE [--frames 75] [--proportioned]
       writes OUT_TREE/speaker/clip/00001.mp4: skimage's astronaut turned, scaled and moved
-      over the frames (a head that moves), with a tone as speech.
+      over the frames (a head that moves), with a tone as speech (`--proportioned`: the photo
+      first stretched to the template's eye-to-mouth proportions, see template_proportioned).
   python scripts/face_report.py alignment RECORDS [--split train]
       68-point landmarks found again on the aligned frames of a clip-record folder: the
       clip-mean eye and inner-mouth centres against the official targets (87, 59), (137, 59),
@@ -63,11 +64,13 @@ def tone(frames: int, seed: int = 0) -> np.ndarray:
   return (wav + 0.03 * np.random.default_rng(seed).standard_normal(n)).astype(np.float32)
 
 
-def write_video_tree(out: pathlib.Path, frames: int) -> pathlib.Path:
+def write_video_tree(out: pathlib.Path, frames: int, proportioned: bool = False
+                     ) -> pathlib.Path:
   from pcavs_jax import media
   path = out / "speaker" / "clip" / "00001.mp4"
   path.parent.mkdir(parents=True, exist_ok=True)
-  media.write_video(path, head_moving_frames(frames), audio=tone(frames))
+  media.write_video(path, head_moving_frames(frames, proportioned=proportioned),
+                    audio=tone(frames))
   return path
 
 
@@ -95,12 +98,13 @@ def main() -> int:
   v = sub.add_parser("video")
   v.add_argument("out")
   v.add_argument("--frames", type=int, default=75)
+  v.add_argument("--proportioned", action="store_true")
   a = sub.add_parser("alignment")
   a.add_argument("records")
   a.add_argument("--split", default="train")
   args = parser.parse_args()
   if args.command == "video":
-    print(write_video_tree(pathlib.Path(args.out), args.frames))
+    print(write_video_tree(pathlib.Path(args.out), args.frames, args.proportioned))
     return 0
   from data_pipeline import records
   for clip in records.read_clips(args.records, args.split):

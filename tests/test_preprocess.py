@@ -135,9 +135,13 @@ def test_records_hold_aligned_clips(processed):
   # 30 source frames at 30 fps are 1 s: 25 frames at 25 fps.
   assert abs(clips["vox2_dev/id00002/vidC/00001"].num_frames - 25) <= 1
   assert clips["lrw/ABOUT/val/ABOUT_00002"].identity == "ABOUT"
-  # One transform per clip: the face keeps its small motion inside the aligned frames.
-  frames = clips["vox2_dev/id00001/vidA/00001"].frames.astype(np.float32)
-  assert np.abs(frames[0] - frames[FRAMES // 4]).mean() > 2
+  # The official alignment: every frame's inner-mouth centre (60-67) moved onto (112, 120), up
+  # to the smoothing, and every frame's 68 landmarks kept in the record (aligned-crop pixels).
+  lm = clips["vox2_dev/id00001/vidA/00001"].truth[preprocess.LANDMARKS_KEY]
+  assert lm.shape == (FRAMES, 68, 2) and np.isfinite(lm).all()
+  assert np.abs(lm[:, 60:68].mean(1) - (112, 120)).max() < 2.0
+  report = _report(out)
+  assert all(report[rel]["face_seconds"] > 0 for rel in GOOD)
 
 
 def test_resume_skips_done_and_keeps_records(processed, tree):
