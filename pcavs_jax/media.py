@@ -39,7 +39,8 @@ class InputError(ValueError):
     path: the offending input (file path or a name).
     problem: what is wrong with it, in a few words.
     kind: a short category for reports: 'missing', 'corrupt', 'unsupported', 'no_video',
-      'no_audio', 'no_face', 'too_short', 'silent', 'too_large', 'timeout' or 'invalid'.
+      'no_audio', 'no_face', 'profile_face', 'too_short', 'silent', 'too_large', 'timeout' or
+      'invalid'.
   """
 
   def __init__(self, path: PathLike | str, problem: str, kind: str = "invalid"):
