@@ -19,7 +19,8 @@ from configs import default, synthtalk
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = default.parse_arg(arg, minutes=12.0, batch=4, l1=10.0, mouth_l1=10.0)
+  args = default.parse_arg(arg, minutes=12.0, batch=4, l1=10.0, mouth_l1=10.0, gan=1.0,
+                           feature_matching=10.0, lr=2e-3)
   config = synthtalk.get_config(f"minutes={args.minutes},identity_steps=0,sync_steps=0")
   config.data.batch_size = args.batch
   config.data.shuffle_buffer = 64
@@ -29,6 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.ema_decay = 0.0
   config.loss.l1_image = args.l1
   config.loss.mouth_l1 = args.mouth_l1
+  config.loss.gan = args.gan
+  config.loss.feature_matching = args.feature_matching
+  config.train.lr = args.lr
   config.log_every = 50
   config.image_every = 0
   config.checkpoint_every = 1000

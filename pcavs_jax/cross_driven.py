@@ -194,7 +194,7 @@ def sync_retrieval(visual: list[np.ndarray], audio: list[np.ndarray], audio_clip
                    for l in range(-max_lag, max_lag + 1)])
   curves = np.asarray(curves)
   lags = np.arange(-max_lag, max_lag + 1)
-  return {"sync_top1": float(np.nanmean(hits)) if hits else math.nan,
+  return {"sync_top1": float(np.mean(hits)) if hits and np.isfinite(hits).all() else math.nan,
           "sync_lag": float(lags[np.argmax(curves.mean(0))]),
           "sync_lag0": float(np.mean(lags[np.argmax(curves, axis=1)] == 0))}
 

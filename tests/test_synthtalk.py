@@ -250,3 +250,48 @@ def test_command_builds_both_splits(tmp_path):
   assert (tmp_path / "cross_driven" / "eval_set.npz").exists()
   clips = list(records.read_clips(tmp_path, "test"))
   assert clips[0].frames.shape == (4, 48, 48, 3)
+
+
+def test_self_driven_set_is_the_clip_itself(tmp_path):
+  clips = list(generate.generate_clips(2, [0, 1], 2, 6, RES))
+  self_set = crossdriven.build_self_driven_set(clips)
+  assert len(self_set) == 4
+  for tr, c in zip(self_set.triples, sorted(clips, key=lambda c: c.clip_id)):
+    assert tr.reference_clip == tr.pose_clip == tr.audio_clip == c.clip_id
+    assert np.array_equal(tr.truth_frames, c.frames) and tr.reference_label == c.label
+    assert tr.other_identity_params["skin"].tobytes() != c.identity_params["skin"].tobytes()
+  # Its copy-reference baseline is frame 0 of the truth itself.
+  copy = scoring.baseline_frames(self_set, "copy_reference")
+  assert np.array_equal(copy["s000"][0], self_set.triples[0].truth_frames[0])
+  back = crossdriven.load_eval_set(crossdriven.save_eval_set(self_set, tmp_path / "self_set.npz"))
+  assert [t.reference_label for t in back.triples] == [t.reference_label for t in self_set.triples]
+
+
+def test_command_builds_seen_and_unseen_sets(tmp_path):
+  """Seen triples come from held-out clips of training identities (labels kept), unseen from
+  test identities; each set has its baselines; `set_paths` finds them all."""
+  from data_pipeline import records
+  import data_pipeline.synthtalk as synthtalk
+  import json
+  parser = argparse.ArgumentParser()
+  synthtalk.register(parser.add_subparsers(dest="command"))
+  args = parser.parse_args(["synthtalk", "--out", str(tmp_path), "--identities", "6",
+                            "--clips-per-identity", "1", "--resolution", "48", "--frames", "6",
+                            "--test-fraction", "0.5", "--self-driven"])
+  assert args.func(args) == 0
+  folder = tmp_path / "cross_driven"
+  paths = crossdriven.set_paths(folder / "eval_set.npz")
+  assert set(paths) == {"unseen", "seen", "self"}
+  train_clips = {c.clip_id for c in records.read_clips(tmp_path, "train")}
+  seen = crossdriven.load_eval_set(paths["seen"])
+  unseen = crossdriven.load_eval_set(paths["unseen"])
+  assert len(seen) == len(unseen) == 3
+  for tr in seen.triples:
+    assert tr.reference_clip.startswith(generate.identity_name(tr.reference_label))
+    assert tr.reference_label in (0, 1, 2)
+    assert {tr.reference_clip, tr.pose_clip, tr.audio_clip}.isdisjoint(train_clips)
+  assert all(t.reference_label == -1 for t in unseen.triples)
+  for path in paths.values():
+    baselines = json.loads(crossdriven.baselines_path(path).read_text())
+    assert {"truth", "copy_reference", "static_mouth"} <= set(baselines)
+  assert crossdriven.baselines_path(paths["unseen"]).name == "baselines.json"
