@@ -264,4 +264,7 @@ def test_real_and_synthtalk_clips_load_through_the_same_pipeline(processed, tmp_
     assert real[key].shape == synthetic[key].shape, key
     assert real[key].dtype == synthetic[key].dtype, key
   assert real["target"].shape == (1, 4, 1, 64, 64, 3)
-  assert synthetic["truth"] and not real["truth"]  # per-frame ground truth only where known
+  # Per-frame ground truth where known: SynthTalk's exact codes; real clips keep their 68
+  # landmarks (record pixels).
+  assert synthetic["truth"] and list(real["truth"]) == [preprocess.LANDMARKS_KEY]
+  assert real["truth"][preprocess.LANDMARKS_KEY].shape[-2:] == (68, 2)
