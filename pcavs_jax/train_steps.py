@@ -10,10 +10,10 @@ and a third of the step's work is saved.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax import lax
 
 from pcavs_jax import losses
@@ -23,7 +23,7 @@ Batch = dict[str, jax.Array]
 AXIS = "batch"
 
 
-def _flatten_clip(batch: Batch) -> Batch:
+def flatten_clip(batch: Batch) -> Batch:
   """[B, clip_len, ...] -> [B * clip_len, ...]; references repeated per target frame."""
   b, clip_len = batch["target"].shape[:2]
   flat = lambda x: x.reshape((b * clip_len,) + x.shape[2:])
@@ -113,6 +113,73 @@ def _split_scales(d_out, b: int):
   return fake_v, fake_a, real
 
 
+def generator_side_forward(g_params, batch_stats, batch: Batch, rng: jax.Array, *, model,
+                           stage: str, noise_injection: bool = True):
+  """The stage's generator-side forward under `jax.vjp`: (outputs, vjp_fn, new batch stats).
+
+  `vjp_fn` pulls the gradient of any loss of the outputs back to `g_params`, so the forward runs
+  once however many losses (and D updates) read its outputs.
+  """
+  forward = functools.partial(_g_forward, batch=batch, rng=rng, model=model, stage=stage,
+                              noise_injection=noise_injection)
+  return jax.vjp(lambda p: forward(p, batch_stats), g_params, has_aux=True)
+
+
+def discriminator_loss_and_grads(d_params, d_stats, outputs, batch: Batch, *, discriminator,
+                                 gan_weight: float, power_iteration: bool = True):
+  """D's hinge loss on the detached fakes (visual and audio) and the reals, and its gradients.
+
+  Args:
+    d_params, d_stats: D's parameters and spectral-norm vectors.
+    outputs: `generator_side_forward` outputs holding `fake_visual` and `fake_audio`.
+    batch: the flattened batch (its `target` frames are the reals).
+    gan_weight: lambda_D.
+    power_iteration: advance the spectral-norm vectors by one power iteration (training);
+      False divides by the stored vectors' sigma (the official fixture's eval-mode D).
+
+  Returns:
+    (loss, {'d_fake', 'd_real'}, gradients, new d_stats).
+  """
+  real = batch["target"]
+  fakes = lax.stop_gradient(jnp.concatenate([outputs["fake_visual"], outputs["fake_audio"]]))
+
+  def loss_fn(params):
+    variables = {"params": params, "batch_stats": d_stats}
+    images = jnp.concatenate([fakes, real])
+    if power_iteration:
+      d_out, new = discriminator.apply(variables, images, train=True, mutable=["batch_stats"])
+      new_stats = new["batch_stats"]
+    else:
+      d_out, new_stats = discriminator.apply(variables, images, train=False), d_stats
+    n = fakes.shape[0]
+    d_fake = losses.hinge_d_loss([[x[:n] for x in scale] for scale in d_out], real=False)
+    d_real = losses.hinge_d_loss([[x[n:] for x in scale] for scale in d_out], real=True)
+    return gan_weight * (d_fake + d_real), ({"d_fake": d_fake, "d_real": d_real}, new_stats)
+
+  (loss, (terms, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(d_params)
+  return loss, terms, grads, new_stats
+
+
+def generator_side_loss_and_grads(outputs, vjp_fn, batch: Batch, d_params, d_stats, *,
+                                  discriminator, loss_config, vgg_params=None):
+  """The generator-side losses of the forward's outputs against D, and their G-side gradients.
+
+  Returns:
+    (total loss, {term: weighted value}, gradients keyed like g_params).
+  """
+  def loss_fn(outs):
+    d_out = None
+    if "fake_visual" in outs:
+      images = jnp.concatenate([outs["fake_visual"], outs["fake_audio"], batch["target"]])
+      # D's spectral-norm vectors are not advanced by the generator side.
+      d_out = discriminator.apply({"params": d_params, "batch_stats": d_stats}, images, train=False)
+    return _g_losses(outs, d_out, batch, loss_config, vgg_params)
+
+  (loss, terms), out_grads = jax.value_and_grad(loss_fn, has_aux=True)(outputs)
+  (grads,) = vjp_fn(out_grads)
+  return loss, terms, grads
+
+
 def train_step(state: GANTrainState, batch: Batch, *, model, discriminator, config,
                stage: str | None = None, vgg_params=None
                ) -> tuple[GANTrainState, dict[str, jax.Array]]:
@@ -121,57 +188,35 @@ def train_step(state: GANTrainState, batch: Batch, *, model, discriminator, conf
   `stage` defaults to config.train.stage; the state's optimisers must be that stage's.
   """
   stage = stage or config.train.stage
-  batch = _flatten_clip(batch)
+  batch = flatten_clip(batch)
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(AXIS))
-  g_rng, d_rng = jax.random.split(rng)
-  forward = functools.partial(_g_forward, batch=batch, rng=g_rng, model=model, stage=stage,
-                              noise_injection=config.train.get("noise_injection", True))
-  outputs, g_vjp, g_stats = jax.vjp(lambda p: forward(p, state.batch_stats["g"]),
-                                    state.g_params, has_aux=True)
+  g_rng, _ = jax.random.split(rng)
+  outputs, g_vjp, g_stats = generator_side_forward(
+      state.g_params, state.batch_stats["g"], batch, g_rng, model=model, stage=stage,
+      noise_injection=config.train.get("noise_injection", True))
   metrics: dict[str, jax.Array] = {}
   d_params, d_stats, d_opt_state = state.d_params, state.batch_stats["d"], state.d_opt_state
-  gan = "fake_visual" in outputs
 
-  if gan:
-    real = batch["target"]
-    fakes = lax.stop_gradient(jnp.concatenate([outputs["fake_visual"], outputs["fake_audio"]]))
-
-    def d_loss_fn(params):
-      d_out, new = discriminator.apply({"params": params, "batch_stats": d_stats},
-                                       jnp.concatenate([fakes, real]), train=True,
-                                       mutable=["batch_stats"])
-      n = fakes.shape[0]
-      fake_d = [[x[:n] for x in scale] for scale in d_out]
-      real_d = [[x[n:] for x in scale] for scale in d_out]
-      d_fake = losses.hinge_d_loss(fake_d, real=False)
-      d_real = losses.hinge_d_loss(real_d, real=True)
-      return config.loss.gan * (d_fake + d_real), ({"d_fake": d_fake, "d_real": d_real},
-                                                   new["batch_stats"])
-
-    (d_loss, (d_terms, d_stats)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params)
+  if "fake_visual" in outputs:
+    d_loss, d_terms, d_grads, d_stats = discriminator_loss_and_grads(
+        d_params, d_stats, outputs, batch, discriminator=discriminator, gan_weight=config.loss.gan)
     d_grads = lax.pmean(d_grads, AXIS)
     updates, d_opt_state = state.d_tx.update(d_grads, d_opt_state, d_params)
-    d_params = jax.tree.map(jnp.add, d_params, updates)
-    metrics.update(d_terms, d_loss=d_loss, grad_norm_discriminator=_norm(d_grads))
+    d_params = optax.apply_updates(d_params, updates)
+    metrics.update(d_terms, d_loss=d_loss, grad_norm_discriminator=optax.global_norm(d_grads))
 
-  def g_loss_fn(outs):
-    d_out = None
-    if gan:
-      images = jnp.concatenate([outs["fake_visual"], outs["fake_audio"], batch["target"]])
-      # D's spectral-norm vectors are not advanced here: D already stepped on this batch.
-      d_out = discriminator.apply({"params": d_params, "batch_stats": d_stats}, images, train=False)
-    return _g_losses(outs, d_out, batch, config.loss, vgg_params)
-
-  (g_loss, g_terms), out_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(outputs)
-  (g_grads,) = g_vjp(out_grads)
+  g_loss, g_terms, g_grads = generator_side_loss_and_grads(
+      outputs, g_vjp, batch, d_params, d_stats, discriminator=discriminator,
+      loss_config=config.loss, vgg_params=vgg_params)
   g_grads = lax.pmean(g_grads, AXIS)
   updates, g_opt_state = state.g_tx.update(g_grads, state.g_opt_state, state.g_params)
-  g_params = jax.tree.map(jnp.add, state.g_params, updates)
+  g_params = optax.apply_updates(state.g_params, updates)
   g_stats = _merge_stats(state.batch_stats["g"], g_stats)
   metrics.update(g_terms, g_loss=g_loss)
-  metrics.update({f"grad_norm_{k}": _norm(v) for k, v in g_grads.items()
+  metrics.update({f"grad_norm_{k}": optax.global_norm(v) for k, v in g_grads.items()
                   if k in _trained_networks(stage)})
-  metrics.update(param_norm_generator_side=_norm(g_params), param_norm_discriminator=_norm(d_params))
+  metrics.update(param_norm_generator_side=optax.global_norm(g_params),
+                 param_norm_discriminator=optax.global_norm(d_params))
   metrics = lax.pmean(metrics, AXIS)
   # Losses, gradient norms and the updated parameters' norms: a state is only saved when all
   # of them are finite.
@@ -196,13 +241,10 @@ def _trained_networks(stage: str) -> tuple[str, ...]:
   return tuple(sorted({p[0] for p in patterns}))
 
 
-def _norm(tree: Any) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
-
 
 def sample_step(g_params, batch_stats, batch: Batch, *, model) -> dict[str, jax.Array]:
   """Eval-mode reconstructions for image grids: audio-driven and visual-driven fakes."""
-  batch = _flatten_clip(batch)
+  batch = flatten_clip(batch)
   out = model.apply({"params": g_params, "batch_stats": batch_stats}, batch["reference"],
                     batch["mel"], batch["pose_source"], train=False)
   return {"reference": batch["reference"][:, 0], "pose_source": batch["pose_source"],
