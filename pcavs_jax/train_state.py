@@ -48,6 +48,10 @@ STAGE_TRAINABLE: dict[str, tuple[tuple[str, ...], ...] | None] = {
     "full": None,
 }
 STAGE_TRAINS_D = {"identity": False, "sync": False, "sync_trunk": False, "full": True}
+# The official full stage's optimizer_G (av_model.py `create_optimizers`): E_n's trunk and mouth
+# mapper, but not `to_headpose`, `mouth_embed` or `headpose_embed`, although the losses reach them.
+OFFICIAL_FULL_TRAINABLE = (("identity_encoder",), ("audio_encoder",), ("generator",),
+                           ("nonidentity_encoder", "fan"), ("nonidentity_encoder", "to_mouth"))
 
 
 def train_config() -> ml_collections.ConfigDict:
@@ -70,6 +74,9 @@ def train_config() -> ml_collections.ConfigDict:
   t.noise_injection = True      # G's per-pixel noise (off: deterministic generator in training)
   t.ema_decay = 0.0             # > 0: keep an exponential moving average of the G-side params
                                 # (not in the paper); evaluation and export read it
+  t.full_params = "all"         # what the 'full' stage trains on the G side: 'all', or 'official'
+                                # (the official optimiser's set: E_n's to_headpose, mouth_embed
+                                # and headpose_embed stay at their initial values)
   return t
 
 
@@ -211,6 +218,21 @@ def trainable_mask(g_params: PyTree, patterns: Sequence[tuple[str, ...]] | None)
   return jax.tree_util.tree_map_with_path(label, g_params)
 
 
+def stage_trainable(config: ml_collections.ConfigDict, stage: str
+                    ) -> tuple[tuple[str, ...], ...] | None:
+  """The G-side parameter paths `stage` trains (`STAGE_TRAINABLE`; the 'full' stage's set
+  follows `train.full_params`)."""
+  t = _train_fields(config)
+  if stage not in STAGES:
+    raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+  if stage != "full":
+    return STAGE_TRAINABLE[stage]
+  choice = t.get("full_params", "all")
+  if choice not in ("all", "official"):
+    raise ValueError(f"train.full_params must be 'all' or 'official', got {choice!r}")
+  return OFFICIAL_FULL_TRAINABLE if choice == "official" else STAGE_TRAINABLE["full"]
+
+
 def make_optimizers(config: ml_collections.ConfigDict, stage: str | None = None,
                     trainable: Sequence[tuple[str, ...]] | None = None, first_step: int = 0
                     ) -> dict[str, optax.GradientTransformation]:
@@ -231,9 +253,7 @@ def make_optimizers(config: ml_collections.ConfigDict, stage: str | None = None,
   """
   t = _train_fields(config)
   stage = stage or t.stage
-  if stage not in STAGES:
-    raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
-  patterns = STAGE_TRAINABLE[stage] if trainable is None else tuple(map(tuple, trainable))
+  patterns = stage_trainable(t, stage) if trainable is None else tuple(map(tuple, trainable))
   # Which stage runs comes from the arguments; the rest of `t` defines the optimisers.
   fields = {k: v for k, v in t.items() if k not in ("stage", "schedule")}
   return dict(_optimizers(ml_collections.FrozenConfigDict(fields), stage, patterns,
@@ -362,7 +382,7 @@ def create_train_state(g_params: Mapping[str, PyTree], d_params: PyTree,
   t = _train_fields(config)
   stage = stage or t.stage
   txs = make_optimizers(t, stage, trainable, first_step)
-  patterns = STAGE_TRAINABLE[stage] if trainable is None else tuple(map(tuple, trainable))
+  patterns = stage_trainable(t, stage) if trainable is None else tuple(map(tuple, trainable))
   _check_trainable_paths(g_params, patterns)
   g_params = dict(g_params)
   batch_stats = dict(batch_stats or {})

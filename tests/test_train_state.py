@@ -37,8 +37,8 @@ def _names(path):
   return tuple(k.key for k in path)
 
 
-def _state(stage):
-  return ts.create_train_state(_g_params(), _d_params(), {"g": {}, "d": {}}, _config(),
+def _state(stage, **overrides):
+  return ts.create_train_state(_g_params(), _d_params(), {"g": {}, "d": {}}, _config(**overrides),
                                stage, jax.random.PRNGKey(0))
 
 
@@ -69,6 +69,18 @@ def test_frozen_subtrees_get_exactly_zero_updates(stage):
   n_train = sum(x.size for p, x in jax.tree_util.tree_leaves_with_path(state.g_params)
                 if TRAINS[stage](_names(p)))
   assert n_state == 3 * n_train   # AMSGrad: mu, nu, nu_max
+
+
+def test_official_full_stage_leaves_the_pose_heads_and_mouth_embedding_untrained():
+  state = _state("full", full_params="official")
+  grads = jax.tree.map(jnp.ones_like, state.g_params)
+  new = jax.jit(lambda s, g: s.apply_g_gradients(g))(state, grads)
+  frozen = {("nonidentity_encoder", "mouth_embed"), ("nonidentity_encoder", "to_headpose")}
+  for (path, old), new_leaf in zip(jax.tree_util.tree_leaves_with_path(state.g_params),
+                                   jax.tree.leaves(new.g_params)):
+    assert bool(jnp.any(old != new_leaf)) == (_names(path)[:2] not in frozen), _names(path)
+  with pytest.raises(ValueError, match="full_params"):
+    _state("full", full_params="some")
 
 
 def test_state_is_a_pytree_with_static_optimisers():
