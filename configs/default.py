@@ -76,6 +76,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.vgg_weights = ""           # optional: VGG19 weights file for the perceptual loss
   config.num_train_steps = 200_000
   config.max_train_minutes = 0.0    # > 0: stop (and save) after this much wall time
+  config.compilation_cache_dir = "" # JAX's persistent cache: '' ~/.cache/pcavs_jax/xla
+                                    # (or $PCAVS_CACHE_DIR), 'none' off
   config.log_every = 100
   config.image_every = 1000
   config.checkpoint_every = 2000

@@ -74,6 +74,29 @@ def maybe_initialize_distributed(config) -> None:
     jax.distributed.initialize()
 
 
+def enable_compilation_cache(directory: str = "") -> str | None:
+  """Turns on JAX's persistent compilation cache, so a re-run's compiles are read back.
+
+  Args:
+    directory: the cache folder; '' is `$PCAVS_CACHE_DIR` or `~/.cache/pcavs_jax/xla` (shared by
+      every run of this user), 'none' leaves the cache off.
+
+  Returns:
+    the folder in use, or None when off.
+  """
+  if directory == "none":
+    return None
+  cache_home = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+  path = pathlib.Path(directory or os.environ.get("PCAVS_CACHE_DIR")
+                      or cache_home / "pcavs_jax" / "xla").expanduser()
+  path.mkdir(parents=True, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", str(path))
+  # Every program, however quick to compile: a run's dozens of small ones add up.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return str(path)
+
+
 def initial_state(config, model, discriminator, stage: str | None = None,
                   first_step: int = 0) -> GANTrainState:
   """A fresh state at step 0 (on the host's CPU) with the optimisers of `stage` (default
@@ -246,7 +269,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   from clu import metric_writers, parameter_overview, periodic_actions
 
+  t_start = time.time()
   maybe_initialize_distributed(config)
+  cache = enable_compilation_cache(config.get("compilation_cache_dir", ""))
+  logging.info("persistent compilation cache: %s", cache or "off")
   workdir = str(pathlib.Path(workdir).absolute())
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -308,6 +334,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       rstate, metrics = step_fn(rstate, batch) if vgg_params is None else step_fn(
           rstate, batch, vgg_params=vgg_params)
       step += 1
+      if step == start_step + 1:
+        jax.block_until_ready(metrics)
+        first_step_s = time.time() - t_start
+        logging.info("first step done %.1f s after the start (set-up, input pipeline, compiles)",
+                     first_step_s)
+        writer.write_scalars(step, {"time_to_first_step_s": first_step_s})
       report(step)
       m = jax.device_get(jax.tree.map(lambda x: x[0], metrics)) if (
           step % config.log_every == 0 or step == total or stop.received) else None
