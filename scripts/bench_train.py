@@ -2,7 +2,14 @@
 
   python scripts/bench_train.py --config configs/synthtalk.py                 # 1 device
   python scripts/bench_train.py --config configs/synthtalk.py --devices 8     # 8 simulated CPU devices
-  python scripts/bench_train.py --config configs/default.py --mfu             # 224 step + MFU (on a GPU)
+  python scripts/bench_train.py --config configs/synthtalk.py --mfu           # + FLOPs and utilisation
+  python scripts/bench_train.py --config configs/default.py --mfu --batch-size 2   # the 224 px step
+
+--mfu prints the step's FLOPs (XLA's cost analysis of the compiled step), the achieved GFLOP/s and,
+beside them, the matmul rate measured on the same machine: numpy's float32 matrix product on a
+CPU, a jnp matrix product in the compute dtype on an accelerator. Their ratio is the utilisation
+(MFU against what this machine's matrix unit delivers, not a datasheet peak; --peak-tflops adds
+the datasheet ratio).
 
 With --devices N on a CPU, XLA is told to expose N host devices (set before jax is imported); the
 global batch stays config.data.batch_size, so the figures compare the same work.
@@ -22,8 +29,10 @@ def _parse() -> argparse.Namespace:
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--batch-size", type=int, default=None)
   p.add_argument("--stage", default=None, help="override config.train.stage")
-  p.add_argument("--mfu", action="store_true", help="print FLOPs/step and MFU (needs --peak-tflops)")
-  p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak, e.g. 989 (H100 bf16)")
+  p.add_argument("--mfu", action="store_true",
+                 help="print FLOPs/step, GFLOP/s and the measured matmul rate beside them")
+  p.add_argument("--peak-tflops", type=float, default=0.0,
+                 help="also the ratio to this datasheet peak, e.g. 989 (H100 bf16)")
   p.add_argument("--dtype", default=None, help="override config.model.dtype")
   return p.parse_args()
 
@@ -83,10 +92,38 @@ def main() -> None:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", float("nan"))) * n  # per-device program, all devices
-    print(f"FLOPs/step (compiled cost analysis): {flops / 1e12:.3f} TFLOP; "
-          f"achieved {flops / dt / 1e12:.1f} TFLOP/s")
+    achieved = flops / dt / 1e9
+    rate, how = matmul_rate(config.model.dtype)
+    print(f"FLOPs/step {flops / 1e9:.2f} GFLOP (compiled cost analysis) | achieved "
+          f"{achieved:.1f} GFLOP/s | matmul rate {rate:.1f} GFLOP/s ({how}) | "
+          f"utilisation {100 * achieved / rate:.1f} %")
     if args.peak_tflops:
-      print(f"MFU: {100 * flops / dt / 1e12 / args.peak_tflops:.1f} % of {args.peak_tflops} TFLOP/s")
+      print(f"MFU: {100 * achieved / 1e3 / args.peak_tflops:.1f} % of {args.peak_tflops} TFLOP/s")
+
+
+def matmul_rate(dtype: str, repeats: int = 10) -> tuple[float, str]:
+  """GFLOP/s of a large matrix product on this machine: numpy float32 on a CPU (the BLAS XLA's
+  dots compete with), jnp in `dtype` on an accelerator."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  if jax.default_backend() == "cpu":
+    n = 2048
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    a @ a
+    t = time.perf_counter()
+    for _ in range(repeats):
+      a @ a
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t) / 1e9, f"numpy float32 {n}^2"
+  n = 8192
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.dtype(dtype))
+  product = jax.jit(lambda x: x @ x)
+  product(a).block_until_ready()
+  t = time.perf_counter()
+  for _ in range(repeats):
+    out = product(a)
+  out.block_until_ready()
+  return 2 * n ** 3 * repeats / (time.perf_counter() - t) / 1e9, f"jnp {dtype} {n}^2"
 
 
 if __name__ == "__main__":
