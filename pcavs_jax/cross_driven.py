@@ -10,8 +10,10 @@ from clip B's frames and mouth from clip C's audio, scaled by the model's audio 
 Measures per set (`mechanism_measures`, `generation_rows`):
   sync        audio-to-visual mouth retrieval: top-1 of each frame's true visual mouth feature
               among 8 candidates (the same frame of other triples, whose audio is another clip's),
-              by cosine with the audio mouth feature (chance 1/8); lag: the frame offset where
-              the per-clip-centred audio and visual mouth features correlate best (0 in sync).
+              by cosine with the audio mouth feature (chance 1/8); its ceiling: what a perfect
+              mouth reader scores (negatives showing the same mouth shape tie); lag: the frame
+              offset where the per-clip-centred audio and visual mouth features correlate
+              best (0 in sync).
   pose code   held-out R^2 of a linear read-out of the true yaw, pitch, roll from E_n's 12-d pose
               code of the truth frames (fitted on two thirds of the triples, scored on the rest).
   identity    E_i's top-1 identity classification of every frame of A's held-out clip (seen and
@@ -36,7 +38,7 @@ RATIO_BASELINES = {"mouth_ratio": ("mouth_err", "static_mouth"),
                    "pose_ratio": ("pose_err", "reference_pose")}
 ROW_KEYS = ("ssim", "psnr", "mouth_ratio", "pose_ratio", "mouth_err", "pose_err", "identity_err",
             "lag", "abs_lag", "sync")
-MECHANISM_KEYS = ("sync_top1", "sync_lag", "pose_code_r2", "identity_top1")
+MECHANISM_KEYS = ("sync_top1", "sync_top1_ceiling", "sync_lag", "pose_code_r2", "identity_top1")
 POSE_ANGLES = ("yaw", "pitch", "roll")
 SYNC_CANDIDATES = 8
 
@@ -161,6 +163,28 @@ def _unit(x: np.ndarray) -> np.ndarray:
   return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-8)
 
 
+def sync_negatives(audio_clips: list[str], candidates: int = SYNC_CANDIDATES) -> list[list[int]]:
+  """Per clip, its retrieval negatives: the next candidates - 1 clips (cyclically) whose audio
+  is another clip's."""
+  n = len(audio_clips)
+  return [[j for j in list(range(i + 1, n)) + list(range(i))
+           if audio_clips[j] != audio_clips[i]][:candidates - 1] for i in range(n)]
+
+
+def sync_ceiling(mouths: list[np.ndarray], audio_clips: list[str],
+                 candidates: int = SYNC_CANDIDATES, tie: float = 1e-3) -> float:
+  """The retrieval top-1 of a perfect mouth reader: per frame, 1 / (1 + the negatives whose
+  true mouth (openness, width) equals the true one within `tie`), as a random tie-break scores.
+  A frame shows only its mouth shape, so negatives with the same shape (a closed mouth in a
+  pause, say) cannot be told apart by any visual feature."""
+  scores = []
+  for i, others in enumerate(sync_negatives(audio_clips, candidates)):
+    for t, m in enumerate(mouths[i]):
+      same = sum(np.abs(mouths[j][t % len(mouths[j])] - m).max() < tie for j in others)
+      scores.append(1.0 / (1 + same))
+  return float(np.mean(scores))
+
+
 def sync_retrieval(visual: list[np.ndarray], audio: list[np.ndarray], audio_clips: list[str],
                    candidates: int = SYNC_CANDIDATES, max_lag: int = 5) -> dict[str, float]:
   """Audio-to-visual mouth retrieval and the audio-mouth lag.
@@ -177,11 +201,8 @@ def sync_retrieval(visual: list[np.ndarray], audio: list[np.ndarray], audio_clip
     sync_lag: the offset l maximising the mean correlation of audio[t] with visual[t + l] (each
     clip's features centred); sync_lag0: share of clips whose own best offset is 0.
   """
-  n = len(visual)
   hits = []
-  for i in range(n):
-    others = [j for j in list(range(i + 1, n)) + list(range(i)) if audio_clips[j] != audio_clips[i]]
-    others = others[:candidates - 1]
+  for i, others in enumerate(sync_negatives(audio_clips, candidates)):
     a = _unit(audio[i])
     for t in range(len(a)):
       cand = [visual[i][t]] + [visual[j][t % len(visual[j])] for j in others]
@@ -211,8 +232,11 @@ def _fit_rows(groups: np.ndarray) -> np.ndarray:
 def mechanism_measures(codes: dict[str, list[np.ndarray]], eval_set) -> dict[str, float]:
   """Sync, pose code and identity measures of one set from `encode_set`'s features (see the
   module docstring); identity_top1 is NaN for sets without training labels."""
-  out = sync_retrieval(codes["visual_mouth"], codes["audio_mouth"],
-                       [t.audio_clip for t in eval_set.triples])
+  from data_pipeline.synthtalk import render
+  clips = [t.audio_clip for t in eval_set.triples]
+  out = sync_retrieval(codes["visual_mouth"], codes["audio_mouth"], clips)
+  out["sync_top1_ceiling"] = sync_ceiling(
+      [np.stack([t.truth[k] for k in render.MOUTH_KEYS], 1) for t in eval_set.triples], clips)
   groups = np.concatenate([np.full(t.num_frames, i) for i, t in enumerate(eval_set.triples)])
   truth = np.concatenate([np.stack([t.truth[k] for k in POSE_ANGLES], 1)
                           for t in eval_set.triples])

@@ -35,6 +35,15 @@ def test_sync_retrieval_of_synced_lagged_and_random_features():
   assert np.isnan(cross_driven.sync_retrieval(visual[:2], visual[:2], ["a", "a"])["sync_top1"])
 
 
+def test_sync_ceiling_counts_negatives_with_the_same_mouth():
+  closed = np.zeros((4, 2))
+  moving = [np.stack([np.linspace(0.1, 0.9, 4) + 0.01 * i, np.full(4, 0.5)], 1) for i in range(3)]
+  clips = ["a", "b", "c", "d"]
+  assert cross_driven.sync_ceiling(moving + [moving[0] + 0.5], clips) == 1.0
+  # Two clips closed throughout: each frame of either ties with the other (score 1/2).
+  assert cross_driven.sync_ceiling([closed, closed] + moving[:2], clips) == pytest.approx(0.75)
+
+
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory) -> pathlib.Path:
   """A cross_driven folder with unseen (test ids 3-5) and seen (held-out clips of ids 0-2)
