@@ -361,7 +361,7 @@ def summary_table(report: dict) -> str:
            for name in sets]
   mechanisms = report.get("mechanisms", {})
   if mechanisms:
-    keys = MECHANISM_KEYS + ("sync_lag0",) + tuple(f"pose_code_r2_{k}" for k in POSE_ANGLES)
+    keys = MECHANISM_KEYS + ("sync_lag0",)
     parts.append(_table("mechanisms (sync top-1 chance 0.125)", list(mechanisms.items()), keys))
   return "\n".join(parts)
 

@@ -50,12 +50,17 @@ class TrainingProgress:
     from tqdm import tqdm
     from pcavs_jax.train_state import stage_at, stage_schedule
     self._schedule, self._stage_at = stage_schedule(config), stage_at
-    self._start = time.time()
+    self._started = False
     self.bar = tqdm(total=round(60 * config.max_train_minutes), unit="s", desc="training",
                     bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {elapsed}<{remaining} {postfix}")
 
   def __call__(self, step: int, scalars: dict[str, float]) -> None:
-    self.bar.n = min(round(time.time() - self._start), self.bar.total)
+    if not self._started and "steps_per_sec" in scalars:
+      # The budget runs from the loop's first step (after set-up): the first logged window
+      # began step / rate seconds ago.
+      self.bar.start_t = time.time() - step / max(scalars["steps_per_sec"], 1e-9)
+      self._started = True
+    self.bar.n = min(round(time.time() - self.bar.start_t), self.bar.total)
     if "g_loss" in scalars or "d_loss" in scalars or "identity_ce" in scalars:
       post = {"step": step, "stage": self._stage_at(self._schedule, step)}
       post.update({short: f"{scalars[k]:.3g}" for k, short in PROGRESS_LOSSES if k in scalars})
