@@ -6,6 +6,7 @@ SIGINT save and exit; a non-finite loss stops the run and never reaches a checkp
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import os
@@ -95,6 +96,35 @@ def enable_compilation_cache(directory: str = "") -> str | None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return str(path)
+
+
+def prepare_first_step(step_fn, data, make_state, compile_step: bool
+                       ) -> concurrent.futures.Future:
+  """The run's first batch, fetched in a background thread, which then compiles `step_fn` for
+  that batch and the state `make_state` would build (traced abstractly, never computed).
+
+  XLA compiles on one core, so the step's compile overlaps the initialisation's compile and the
+  input pipeline's start. The compiled program goes to the persistent compilation cache, where
+  the first call of `step_fn` finds it. Returns a future of the batch.
+  """
+  def work():
+    batch = next(data)
+    if compile_step:
+      t = time.time()
+      n = jax.local_device_count()
+      state = jax.eval_shape(make_state)
+      replicated = jax.tree.map(lambda x: jax.ShapeDtypeStruct((n,) + tuple(x.shape), x.dtype),
+                                state)
+      try:
+        step_fn.lower(replicated, batch).compile()
+        logging.info("train step compiled in the background in %.1f s", time.time() - t)
+      except Exception as e:  # pylint: disable=broad-except  (the first call compiles it then)
+        logging.warning("the background compile of the train step failed: %s", e)
+    return batch
+  executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+  future = executor.submit(work)
+  executor.shutdown(wait=False)
+  return future
 
 
 def initial_state(config, model, discriminator, stage: str | None = None,
@@ -289,8 +319,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # switched to the next stage before the boundary step's checkpoint is written).
   latest = manager.latest_step()
   stage = stage_at(schedule, latest or 0)
-  state = initial_state(config, model, discriminator, stage,
-                        stage_first_step(schedule, latest or 0))
+  first_step = stage_first_step(schedule, latest or 0)
+  make_step_fn = lambda stage: pmapped_train_step(model, discriminator, config, stage)
+  step_fn = make_step_fn(stage)
+  data = train_batches(config, latest or 0)
+  # The first batch and the step's compile, in a background thread while the state is built.
+  precompile = bool(cache) and not config.get("init_checkpoint") and not config.get("vgg_weights")
+  pending = prepare_first_step(
+      step_fn, data, lambda: initial_state(config, model, discriminator, stage, first_step),
+      precompile)
+  state = initial_state(config, model, discriminator, stage, first_step)
   if latest is not None:
     state = restore_checkpoint(manager, state)
     logging.info("resumed from %s at step %d", manager.directory, int(state.step))
@@ -308,14 +346,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   else:
     logging.info("VGG19 perceptual loss off: no config.vgg_weights given")
 
-  make_step_fn = lambda stage: pmapped_train_step(model, discriminator, config, stage)
-  step_fn = make_step_fn(stage)
   if len(schedule) > 1:
     logging.info("stage schedule %s; starting in stage %r at step %d", schedule, stage, start_step)
   sample_fn = _pmapped_sample_step(eval_model)
   from pcavs_jax import cross_driven
   probe = cross_driven.training_probe(config, eval_model) if is_main else None
-  data = train_batches(config, start_step)
   rstate = jax_utils.replicate(state)
   del state
 
@@ -330,7 +365,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   step = start_step
   with _StopSignal() as stop:
     while step < total:
-      batch = next(data)
+      batch = next(data) if pending is None else pending.result()
+      pending = None
       rstate, metrics = step_fn(rstate, batch) if vgg_params is None else step_fn(
           rstate, batch, vgg_params=vgg_params)
       step += 1

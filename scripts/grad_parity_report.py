@@ -8,12 +8,18 @@ the official tensor layout and compares with `official_grads.npz`:
 
   python scripts/grad_parity_report.py [--official DIR] [--fixture NPZ]
 
+By default the gradients are also computed in float64 (the exact reference; about 13 GB and
+several minutes on a 2-core CPU), which measures how far float32 rounding alone moves the official
+gradients and ours.
+
 Modes, as the fixture was made: BatchNorm on batch statistics, E_n's dropout off, D's spectral
 norm without a power iteration. Exit status 1 when a loss term is off by more than 1e-4
-(relative), or a tensor's gradient norm or probe by more than 2e-3 of its gradient norm, or a full
-gradient by more than 2e-3 of its max abs. The 11 noise-injection weights are skipped: their
-gradients depend on the noise drawn (the official run used its fixed noise buffers), and with
-their zero weights the noise changes nothing else.
+(relative), a tensor the official leaves without a gradient gets one, or a network has tensors
+whose gradient norm or probe is off by more than 2e-3 of its gradient norm (a full gradient by
+more than 2e-3 of its max abs) while our float32 gradients are further from the float64 ones than
+float32 rounding moves the official's (ROUNDING_MARGIN below). The 11 noise-injection weights
+are skipped: their gradients depend on the noise drawn (the official run used its fixed noise
+buffers), and with their zero weights the noise changes nothing else.
 """
 from __future__ import annotations
 
@@ -41,9 +47,12 @@ from pcavs_jax.convert.parity import nhwc  # noqa: E402
 from pcavs_jax.convert.torch_pickle import load_state_dict  # noqa: E402
 
 LOSS_TOL, TENSOR_TOL = 1e-4, 2e-3
-# A gradient may also differ by this multiple of its float32 rounding floor: the difference
-# between our float32 gradients for the batch in the fixture's order and in reverse order.
-FLOOR_FACTOR = 4.0
+# float32 rounding alone moves some official gradients (convs before train-mode BatchNorm at
+# batch 2, biases whose exact gradient is 0) further than TENSOR_TOL from the exact (float64)
+# gradient. Where a network's tensors are not all within TENSOR_TOL, its largest float32 error
+# against float64 (relative to the network's gradient norm) must stay within this multiple of
+# the official float32 gradients' own largest error.
+ROUNDING_MARGIN = 2.0
 NETS = ("G", "V", "E", "A_sync", "D")
 # Official loss key -> ours (pcavs_jax.train_steps).
 G_TERMS = {"CrossModal": "sync_l1", "SoftmaxContrastive": "sync_contrastive_va",
@@ -144,10 +153,9 @@ def _write_parity_pth(parity_dir: pathlib.Path, out: pathlib.Path) -> None:
     torch.save(sd, out / f"1_net_{net}.pth")
 
 
-def training_losses_and_grads(variables, d_variables, fixture, config, orders=((0, 1),)) -> list:
-  """One full-stage step's losses and gradients (no update) by `pcavs_jax.train_steps`, once per
-  batch order in `orders` (one compiled program; a reordered batch gives the same numbers up to
-  float rounding, since every loss and statistic is symmetric in the batch)."""
+def training_losses_and_grads(variables, d_variables, fixture, config) -> dict:
+  """One full-stage step's losses and gradients (no update) by `pcavs_jax.train_steps`, computed
+  in `config.model.dtype`."""
   import jax
   import jax.numpy as jnp
   from pcavs_jax import train_steps
@@ -182,13 +190,8 @@ def training_losses_and_grads(variables, d_variables, fixture, config, orders=((
   run = jax.pmap(step, axis_name=train_steps.AXIS)
   state = [one(cast(t)) for t in (variables["params"], variables["batch_stats"],
                                   d_variables["params"], d_variables["batch_stats"])]
-  rng = one(jax.random.key_data(jax.random.key(0)))
-  results = []
-  for order in orders:
-    ordered = jax.tree.map(lambda x: x[np.asarray(order)], batch)
-    out = run(*state, one(cast(ordered)), rng)
-    results.append(jax.tree.map(lambda x: np.asarray(x[0], np.float64), out))
-  return results
+  out = run(*state, one(cast(batch)), one(jax.random.key_data(jax.random.key(0))))
+  return jax.tree.map(lambda x: np.asarray(x[0], np.float64), out)
 
 
 def _probe(key: str, shape) -> np.ndarray:
@@ -216,43 +219,43 @@ def distance(a: dict, b: dict) -> dict:
   return {k: float(np.max(np.abs(a[k] - b[k]))) if k == "full" else abs(a[k] - b[k]) for k in a}
 
 
-def compare_network(net: str, fixture, ours: dict, reordered: dict, exact: dict | None = None
-                    ) -> dict:
-  """Per tensor of `net`: ours against the official gradient, in the issue's tolerance and
-  against the float32 rounding floor.
+def compare_network(net: str, fixture, ours: dict, exact: dict | None = None) -> dict:
+  """Per tensor of `net`: ours against the official gradient, and both against the exact one.
 
   Args:
-    ours, reordered: {official key: gradient} from the fixture's batch order and the reversed
-      order (their difference is float32 rounding alone).
+    ours: {official key: our float32 gradient in the official layout}.
     exact: the same from a float64 run, or None.
 
   Returns:
-    {'rows': {key: {measure: (relative error, within tolerance, within floor)}},
-     'skipped': [keys], 'official_vs_exact' / 'ours_vs_exact': worst relative errors (float64 run)}.
+    {'rows': {key: {measure: (error / the tensor's scale, within TENSOR_TOL)}},
+     'skipped': [keys]} and, with `exact`, 'official_vs_exact' / 'ours_vs_exact': the worst
+    error against the float64 gradient, relative to the tensor's scale and to the network's
+    gradient norm ('*_of_network').
   """
   rows, skipped = {}, []
-  worst_exact = {"official_vs_exact": 0.0, "ours_vs_exact": 0.0}
-  for key, grad in ours.items():
-    if f"grad_{net}/{key}_norm" not in fixture:
-      continue
+  keys = [k for k in ours if f"grad_{net}/{k}_norm" in fixture]
+  network_norm = float(np.sqrt(sum(float(fixture[f"grad_{net}/{k}_norm"]) ** 2 for k in keys)))
+  worst = {}
+  for key in keys:
     if SKIPPED.search(key):
       skipped.append(key)
       continue
     official = official_measures(fixture, net, key)
     full = "full" in official
-    mine, other = measures(grad, key, full), measures(reordered[key], key, full)
+    mine = measures(ours[key], key, full)
     scale = {"norm": official["norm"], "probe": official["norm"],
              "full": float(np.max(np.abs(official["full"]))) if full else 1.0}
     scale = {k: v if v > 0 else 1.0 for k, v in scale.items()}
-    err, noise = distance(mine, official), distance(mine, other)
-    rows[key] = {k: (err[k] / scale[k], err[k] <= TENSOR_TOL * scale[k],
-                     err[k] <= FLOOR_FACTOR * noise[k]) for k in err}
+    err = distance(mine, official)
+    rows[key] = {k: (err[k] / scale[k], err[k] <= TENSOR_TOL * scale[k]) for k in err}
     if exact is not None:
       truth = measures(exact[key], key, full)
       for name, d in (("official_vs_exact", distance(official, truth)),
                       ("ours_vs_exact", distance(mine, truth))):
-        worst_exact[name] = max([worst_exact[name]] + [d[k] / scale[k] for k in d])
-  return {"rows": rows, "skipped": skipped, **(worst_exact if exact is not None else {})}
+        worst[name] = max([worst.get(name, 0.0)] + [d[k] / scale[k] for k in d])
+        worst[name + "_of_network"] = max([worst.get(name + "_of_network", 0.0)]
+                                          + [d[k] / network_norm for k in d])
+  return {"rows": rows, "skipped": skipped, **worst}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,15 +265,15 @@ def main(argv: list[str] | None = None) -> int:
                       help="folder of <epoch>_net_{G,V,E,A_sync,D}.pth holding the parity weights "
                            "(default: written from official_weights.py beside the fixture)")
   parser.add_argument("--fixture", default=str(REPO.parent / "shared" / "parity" / "official_grads.npz"))
-  parser.add_argument("--float64", action="store_true",
-                      help="also compute the gradients in float64 and print how far the official "
-                           "float32 gradients and ours are from them (about 10 min and 13 GB here)")
+  parser.add_argument("--float32-only", action="store_true",
+                      help="skip the float64 reference (the float32 rounding ceiling): the "
+                           "gradients are then judged by the tolerance alone")
   args = parser.parse_args(argv)
   fixture_path = pathlib.Path(args.fixture)
   if not fixture_path.is_file():
     print(f"--fixture {fixture_path}: no such file", file=sys.stderr)
     return 2
-  if args.float64:
+  if not args.float32_only:
     import jax
     jax.config.update("jax_enable_x64", True)
   fixture = dict(np.load(fixture_path))
@@ -291,12 +294,11 @@ def main(argv: list[str] | None = None) -> int:
       sd = load_state_dict(files[net])
       layouts[net] = official_layout(net, sd, parameter_keys(fixture, net, sd), config.model)
   print(report.summary())
-  out, reordered = training_losses_and_grads(variables, d_variables, fixture, config,
-                                             orders=((0, 1), (1, 0)))
+  out = training_losses_and_grads(variables, d_variables, fixture, config)
   exact = None
-  if args.float64:
+  if not args.float32_only:
     config.model.dtype = "float64"
-    (exact,) = training_losses_and_grads(variables, d_variables, fixture, config)
+    exact = training_losses_and_grads(variables, d_variables, fixture, config)
 
   failed = False
   print(f"\n{'loss term (official / ours)':52s} {'official':>10s} {'ours':>10s} {'rel err':>8s}")
@@ -307,38 +309,44 @@ def main(argv: list[str] | None = None) -> int:
       failed |= err > LOSS_TOL
       print(f"{prefix + '/' + official_name + ' / ' + ours:52s} {want:10.6g} {got:10.6g} {err:8.1e}")
 
-  print(f"\nGradients per tensor (relative errors; 'beyond both' counts tensors off by more than "
-        f"{TENSOR_TOL:g} and by more than {FLOOR_FACTOR:g}x their float32 rounding floor)")
-  header = (f"{'network':8s} {'tensors':>7s} {'worst norm':>10s} {'worst probe':>11s} "
-            f"{'full (n)':>8s} {'worst full':>10s} {'within tol':>10s} {'beyond both':>11s}")
-  print(header + ("  official / ours vs float64" if exact else ""))
+  print(f"\nGradients per tensor, relative to the official tensor's norm (max abs for full "
+        f"tensors); tolerance {TENSOR_TOL:g}")
+  header = (f"{'network':8s} {'tensors':>7s} {'within':>6s} {'worst norm':>10s} "
+            f"{'worst probe':>11s} {'full (n)':>8s} {'worst full':>10s}")
+  if exact:
+    header += "   vs float64: official / ours (per tensor; per network norm)"
+  print(header)
   for net in NETS:
     name = "discriminator" if net == "D" else OURS[net]
-    grads = {k: layouts[net].to_official(r["grads"][name]) for k, r in
-             (("ours", out), ("reordered", reordered)) + ((("exact", exact),) if exact else ())}
-    result = compare_network(net, fixture, grads["ours"], grads["reordered"], grads.get("exact"))
+    ours = layouts[net].to_official(out["grads"][name])
+    result = compare_network(net, fixture, ours,
+                             layouts[net].to_official(exact["grads"][name]) if exact else None)
     rows = result["rows"]
     worst = lambda m: max((r[m][0] for r in rows.values() if m in r), default=0.0)
     n_full = sum("full" in r for r in rows.values())
     within = sum(all(v[1] for v in r.values()) for r in rows.values())
-    beyond = [k for k, r in rows.items() if any(not v[1] and not v[2] for v in r.values())]
-    failed |= bool(beyond)
-    line = (f"{net:8s} {len(rows):7d} {worst('norm'):10.1e} {worst('probe'):11.1e} {n_full:8d} "
-            f"{worst('full'):10.1e} {within:10d} {len(beyond):11d}")
+    line = (f"{net:8s} {len(rows):7d} {within:6d} {worst('norm'):10.1e} {worst('probe'):11.1e} "
+            f"{n_full:8d} {worst('full'):10.1e}")
     if exact:
-      line += f"  {result['official_vs_exact']:.1e} / {result['ours_vs_exact']:.1e}"
+      # Our float32 gradients must be about as close to the exact ones as the official's are.
+      off, mine = result["official_vs_exact_of_network"], result["ours_vs_exact_of_network"]
+      failed |= within < len(rows) and mine > ROUNDING_MARGIN * off
+      line += (f"   {result['official_vs_exact']:.1e} / {result['ours_vs_exact']:.1e}; "
+               f"{off:.1e} / {mine:.1e}")
+    else:
+      failed |= within < len(rows)
     print(line)
-    if beyond:
-      print(f"{'':8s} beyond tolerance and rounding: {beyond[:6]}")
     if result["skipped"]:
       print(f"{'':8s} skipped (noise-injection weights): {len(result['skipped'])}")
     no_grad = [k for k in fixture.get(f"meta/no_grad_{net}", []) if layouts[net].parts.get(k)]
-    moved = [k for k in no_grad if np.any(grads["ours"][k])]
+    moved = [k for k in no_grad if np.any(ours[k])]
     if moved:
       failed = True
       print(f"{'':8s} tensors the official leaves without a gradient but ours moves: {moved[:5]}")
-  print(f"\n{'FAIL' if failed else 'OK'}: loss terms within {LOSS_TOL:g} (relative); every "
-        f"gradient within {TENSOR_TOL:g} or within {FLOOR_FACTOR:g}x its float32 rounding floor")
+  print(f"\n{'FAIL' if failed else 'OK'}: loss terms within {LOSS_TOL:g} (relative); gradients "
+        + (f"within {TENSOR_TOL:g}, or, per network, our float32 gradients no further from the "
+           f"float64 ones than {ROUNDING_MARGIN:g}x the official float32 gradients are"
+           if exact else f"within {TENSOR_TOL:g}"))
   return 1 if failed else 0
 
 

@@ -253,3 +253,13 @@ def test_mouth_l1_term_weights_only_the_mouth_box():
   mask[top:bottom, left:right] = True
   grad = np.abs(np.asarray(grad)).sum(axis=(0, 3))
   assert np.all(grad[mask] > 0) and np.all(grad[~mask] == 0)
+
+
+def test_compiled_programs_go_to_the_persistent_cache(records, tmp_path):
+  """The run fills the cache folder, the train step among its programs (compiled in the
+  background while the state is built), so a re-run reads its compiles back."""
+  cache = tmp_path / "xla_cache"
+  config = tiny_config(records, 1, compilation_cache_dir=str(cache))
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  names = [p.name for p in cache.iterdir()]
+  assert any("train_step" in n for n in names), names
