@@ -26,7 +26,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--out", default="demo_out", help="output folder (data, run, videos, report)")
   p.add_argument("--train-minutes", type=float,
-                 default=float(os.environ.get("DEMO_TRAIN_MINUTES", 8)))
+                 default=float(os.environ.get("DEMO_TRAIN_MINUTES", 7)))
   p.add_argument("--identities", type=int, default=48)
   p.add_argument("--clips-per-identity", type=int, default=4)
   p.add_argument("--frames", type=int, default=50)
