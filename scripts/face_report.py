@@ -1,9 +1,15 @@
 """Measurements of the face stage for issue reports (not part of the library).
 
-  python scripts/face_report.py video OUT_TREE [--frames 75] [--proportioned]
-      writes OUT_TREE/speaker/clip/00001.mp4: skimage's astronaut turned, scaled and moved
-      over the frames (a head that moves), with a tone as speech (`--proportioned`: the photo
-      first stretched to the template's eye-to-mouth proportions, see template_proportioned).
+  python scripts/face_report.py video OUT_TREE [--frames 75] [--proportioned] [--photo IMG]
+      writes OUT_TREE/speaker/clip/00001.mp4: skimage's astronaut (or the face of IMG) turned,
+      scaled and moved over the frames (a head that moves), with a tone as speech
+      (`--proportioned`: the photo first stretched to the template's eye-to-mouth proportions,
+      see template_proportioned).
+  python scripts/face_report.py degrade VIDEO OUT.mp4 [--shift 3] [--blur 1.0] [--jpeg 40]
+      a stand-in for a generated video with a real face: VIDEO's frames moved by up to SHIFT
+      px (a different offset per frame), Gaussian-blurred (sigma BLUR px) and JPEG-compressed
+      (quality JPEG), its audio kept; `pcavs-jax evaluate --generated OUT.mp4 --truth VIDEO`
+      then gives LMD, CSIM and pose errors as numbers (random-weight `generate` draws no face).
   python scripts/face_report.py alignment RECORDS [--split train]
       68-point landmarks found again on the aligned frames of a clip-record folder: the
       clip-mean eye and inner-mouth centres against the official targets (87, 59), (137, 59),
@@ -36,22 +42,41 @@ def template_proportioned(image: np.ndarray) -> np.ndarray:
   return cv2.resize(image, (w, round(h * stretch)), interpolation=cv2.INTER_CUBIC)
 
 
-def head_moving_frames(frames: int = 75, size: int = 320, proportioned: bool = False
-                       ) -> np.ndarray:
-  """(frames, size, size, 3) uint8: the astronaut's face under a smooth similarity per frame
-  (`proportioned`: stretched to the template's proportions first)."""
+ASTRONAUT_EYE_DISTANCE = 43.6   # px, between dlib's eye centres on skimage's astronaut
+
+
+def face_frame(image: np.ndarray) -> tuple[tuple[float, float], float]:
+  """Where the head turns about (the centre of the eyes and mouth) and the scale that gives the
+  face the astronaut's size, from the 68 landmarks of the photo's largest face."""
+  from pcavs_jax import face
+  analyzer = face.get_analyzer()
+  boxes = analyzer.detect(image)
+  if not boxes:
+    raise SystemExit("no face found in the photo")
+  kp = face.keypoints_from_68(analyzer.landmarks(image, boxes[0]))
+  centre = kp.mean(0)
+  return (float(centre[0]), float(centre[1])), ASTRONAUT_EYE_DISTANCE / float(
+      np.linalg.norm(kp[1] - kp[0]))
+
+
+def head_moving_frames(frames: int = 75, size: int = 320, proportioned: bool = False,
+                       photo: np.ndarray | None = None) -> np.ndarray:
+  """(frames, size, size, 3) uint8: the astronaut's face (or `photo`'s largest face, brought to
+  the astronaut's size) under a smooth similarity per frame (`proportioned`: stretched to the
+  template's proportions first)."""
   import cv2
   from skimage import data
-  img = data.astronaut()
+  img = data.astronaut() if photo is None else photo
   if proportioned:
     img = template_proportioned(img)
+  centre, base = ((225.0, 125.0), 1.0) if photo is None else face_frame(img)
   out = []
   for t in range(frames):
     angle = 8.0 * np.sin(2 * np.pi * t / frames)                  # degrees
     scale = 1.0 + 0.1 * np.sin(2 * np.pi * t / 50)
     shift = np.array([20 * np.sin(2 * np.pi * t / 60), 12 * np.cos(2 * np.pi * t / 40)])
-    m = cv2.getRotationMatrix2D((225.0, 125.0), angle, scale)
-    m[:, 2] += np.array([size / 2, size * 0.45]) - (225.0, 125.0) + shift
+    m = cv2.getRotationMatrix2D(centre, angle, scale * base)
+    m[:, 2] += np.array([size / 2, size * 0.45]) - centre + shift
     out.append(cv2.warpAffine(img, m, (size, size), borderMode=cv2.BORDER_REFLECT))
   return np.stack(out)
 
@@ -64,14 +89,45 @@ def tone(frames: int, seed: int = 0) -> np.ndarray:
   return (wav + 0.03 * np.random.default_rng(seed).standard_normal(n)).astype(np.float32)
 
 
-def write_video_tree(out: pathlib.Path, frames: int, proportioned: bool = False
-                     ) -> pathlib.Path:
+def write_video_tree(out: pathlib.Path, frames: int, proportioned: bool = False,
+                     photo: np.ndarray | None = None) -> pathlib.Path:
   from pcavs_jax import media
   path = out / "speaker" / "clip" / "00001.mp4"
   path.parent.mkdir(parents=True, exist_ok=True)
-  media.write_video(path, head_moving_frames(frames, proportioned=proportioned),
+  media.write_video(path, head_moving_frames(frames, proportioned=proportioned, photo=photo),
                     audio=tone(frames))
   return path
+
+
+def degrade_frames(frames: np.ndarray, shift: float = 3.0, blur: float = 1.0,
+                   jpeg: int = 40) -> np.ndarray:
+  """Frames as a mediocre generator might give them: frame t moved by
+  shift * (sin(t / 3), cos(t / 5)) px, blurred with a Gaussian of sigma `blur` px (0: none) and
+  passed through JPEG at quality `jpeg` (100: none)."""
+  import cv2
+  h, w = frames.shape[1:3]
+  out = []
+  for t, frame in enumerate(frames):
+    m = np.float32([[1, 0, shift * np.sin(t / 3.0)], [0, 1, shift * np.cos(t / 5.0)]])
+    f = cv2.warpAffine(frame, m, (w, h), flags=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE)
+    if blur > 0:
+      f = cv2.GaussianBlur(f, (0, 0), blur)
+    if jpeg < 100:
+      _, buf = cv2.imencode(".jpg", f[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(jpeg)])
+      f = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+    out.append(f)
+  return np.stack(out)
+
+
+def write_degraded(video: pathlib.Path, out: pathlib.Path, shift: float, blur: float,
+                   jpeg: int) -> pathlib.Path:
+  from pcavs_jax import media
+  frames = media.read_video(video)
+  audio = media.read_audio(video) if media.probe(video).has_audio else None
+  out.parent.mkdir(parents=True, exist_ok=True)
+  media.write_video(out, degrade_frames(frames, shift, blur, jpeg), audio=audio)
+  return out
 
 
 def alignment_errors(aligned: np.ndarray) -> dict:
@@ -99,12 +155,27 @@ def main() -> int:
   v.add_argument("out")
   v.add_argument("--frames", type=int, default=75)
   v.add_argument("--proportioned", action="store_true")
+  v.add_argument("--photo", help="a photo whose largest face moves (default: the astronaut)")
+  d = sub.add_parser("degrade")
+  d.add_argument("video")
+  d.add_argument("out")
+  d.add_argument("--shift", type=float, default=3.0, help="largest offset per frame, px")
+  d.add_argument("--blur", type=float, default=1.0, help="Gaussian sigma, px (0: none)")
+  d.add_argument("--jpeg", type=int, default=40, help="JPEG quality (100: none)")
   a = sub.add_parser("alignment")
   a.add_argument("records")
   a.add_argument("--split", default="train")
   args = parser.parse_args()
   if args.command == "video":
-    print(write_video_tree(pathlib.Path(args.out), args.frames, args.proportioned))
+    photo = None
+    if args.photo:
+      from pcavs_jax import media
+      photo = media.read_image(args.photo)
+    print(write_video_tree(pathlib.Path(args.out), args.frames, args.proportioned, photo))
+    return 0
+  if args.command == "degrade":
+    print(write_degraded(pathlib.Path(args.video), pathlib.Path(args.out), args.shift, args.blur,
+                         args.jpeg))
     return 0
   from data_pipeline import records
   for clip in records.read_clips(args.records, args.split):

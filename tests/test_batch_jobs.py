@@ -144,6 +144,54 @@ def test_batch_run_records_failures_and_rerun_skips(driver, data, tmp_path):
   assert redo["counts"] == {"ok": 3, "failed": 2}
 
 
+def test_batch_records_faces_that_fail_and_finishes_the_others(driver, data, tmp_path,
+                                                              monkeypatch):
+  """A profile reference and a reference without a face fail with their kinds; the rest run.
+
+  The profile is made as in test_face: the 68 landmarks dlib finds on the mirrored astronaut are
+  collapsed towards one side of the jaw (the face turned away), which `face.landmark_problem`
+  must refuse; the no-face reference is skimage's coffee cup."""
+  import numpy as np
+  from skimage import data as skdata
+  from pcavs_jax import face
+  side = np.ascontiguousarray(util.astronaut()[:, ::-1])
+  media.write_image(tmp_path / "side.png", side)
+  media.write_image(tmp_path / "cup.png", skdata.coffee())
+  real_landmarks = face.FaceAnalyzer.landmarks
+
+  def landmarks(self, image, box):
+    lm = real_landmarks(self, image, box)
+    if image.shape != side.shape or not np.array_equal(image, side):
+      return lm
+    turned = lm.copy()
+    turned[:, 0] = lm[0, 0] + 0.15 * (lm[:, 0] - lm[0, 0])
+    turned[0, 0] -= 40
+    return turned
+
+  monkeypatch.setattr(face.FaceAnalyzer, "landmarks", landmarks)
+  manifest = tmp_path / "jobs.csv"
+  manifest.write_text(
+      "reference,audio,pose,name\n"
+      f"{tmp_path}/side.png,{data}/speech.wav,,profile\n"
+      f"{data}/photo.png,{data}/speech.wav,{data}/pose.mp4,driven\n"
+      f"{tmp_path}/cup.png,{data}/speech.wav,,cup\n"
+      f"{data}/photo.png,{data}/speech.wav,,own_pose\n")
+  out = tmp_path / "out"
+  summary = inference.generate_batch(driver, manifest, out, progress=False)
+  assert summary["counts"] == {"ok": 2, "failed": 2}, summary["results"]
+  by = _by_name(_read_results(out / "results.jsonl"))
+  assert by["profile"]["status"] == "failed" and by["profile"]["reason"] == "profile_face"
+  assert by["profile"]["input"].endswith("side.png") and by["profile"]["row"] == 2
+  assert by["profile"]["message"].endswith(
+      "side.png: profile face: the 68 landmarks cannot fit")
+  assert by["cup"]["status"] == "failed" and by["cup"]["reason"] == "no_face"
+  assert by["cup"]["message"].endswith("cup.png: no face found") and by["cup"]["row"] == 4
+  for name in ("driven", "own_pose"):
+    assert by[name]["status"] == "ok" and by[name]["frames"] == 10
+    assert media.probe(out / f"{name}.mp4").has_video
+  assert not (out / "profile.mp4").exists() and not (out / "cup.mp4").exists()
+
+
 def test_partial_outputs_do_not_count_as_done(driver, data, tmp_path):
   out = tmp_path / "out"
   out.mkdir()
