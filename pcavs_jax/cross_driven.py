@@ -63,16 +63,6 @@ def target_ratios(model: dict, baselines: dict) -> dict[str, float]:
           for ratio, (key, name) in RATIO_BASELINES.items()}
 
 
-def _mean_rows(per_triple: dict[str, dict], ids) -> dict[str, float]:
-  """Means over the triples `ids` of per-triple scores (NaN-aware, as `scoring.score`)."""
-  from data_pipeline.synthtalk import scoring
-  out = {}
-  for k in scoring.SUMMARY_KEYS:
-    values = np.asarray([per_triple[i][k] for i in ids], np.float64)
-    out[k] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
-  return out
-
-
 def load_baselines(set_path, eval_set, triples=None) -> dict[str, dict]:
   """The baselines' rows of a set (from its baselines file, else scored now), averaged over
   `triples` (default: all)."""
@@ -85,8 +75,8 @@ def load_baselines(set_path, eval_set, triples=None) -> dict[str, dict]:
     sub = crossdriven.EvalSet(eval_set.resolution, [eval_set[i] for i in ids])
     stored = scoring.baseline_scores(sub, names=tuple(n for _, n in RATIO_BASELINES.values()) +
                                      ("copy_reference",))
-  return {name: _mean_rows(s["per_triple"], ids) for name, s in stored.items()
-          if isinstance(s, dict) and "per_triple" in s}
+  return {name: scoring.summarise({i: s["per_triple"][i] for i in ids})
+          for name, s in stored.items() if isinstance(s, dict) and "per_triple" in s}
 
 
 def generation_rows(generated: dict[str, np.ndarray], eval_set, baselines: dict[str, dict]

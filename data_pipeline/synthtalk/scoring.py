@@ -164,11 +164,18 @@ def score(generated: Mapping[str, np.ndarray], eval_set: EvalSet, max_lag: int =
     raise KeyError(f"no generated frames for triples {missing}")
   per = {t.triple_id: score_triple(generated[t.triple_id], t, max_lag, value_range)
          for t in eval_set.triples}
-  summary = {k: float(np.nanmean([p[k] for p in per.values()]))
-             if any(np.isfinite(p[k]) for p in per.values()) else math.nan for k in SUMMARY_KEYS}
+  summary = summarise(per)
   summary["num_triples"] = len(per)
   summary["per_triple"] = per
   return summary
+
+
+def summarise(per_triple: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+  """Means over triples of their scores (`SUMMARY_KEYS`), NaN-aware: a measure no triple
+  gives is NaN."""
+  return {k: float(np.nanmean([p[k] for p in per_triple.values()]))
+          if any(np.isfinite(p[k]) for p in per_triple.values()) else math.nan
+          for k in SUMMARY_KEYS}
 
 
 def _still(truth: Mapping[str, np.ndarray], keys: Sequence[str], t: int) -> dict[str, np.ndarray]:
