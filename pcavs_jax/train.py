@@ -83,7 +83,8 @@ def enable_compilation_cache(directory: str = "") -> str | None:
       every run of this user), 'none' leaves the cache off.
 
   Returns:
-    the folder in use, or None when off.
+    the folder in use, or None when off. JAX opens the cache once per process: a later call
+    with another folder leaves the first one in use.
   """
   if directory == "none":
     return None
@@ -98,29 +99,55 @@ def enable_compilation_cache(directory: str = "") -> str | None:
   return str(path)
 
 
+def replicate(tree):
+  """`tree` copied to every local device, placed as the pmapped step places its outputs
+  (`replicated_sharding`), so that the step's second call reuses the first call's program.
+
+  `flax.jax_utils.replicate` names its mesh axis otherwise, and pmap then compiles the step a
+  second time for its own outputs.
+  """
+  sharding = replicated_sharding()
+  n = jax.local_device_count()
+  def put(x):
+    x = jnp.asarray(x)
+    return jax.device_put(jnp.broadcast_to(x[None], (n,) + x.shape), sharding)
+  return jax.tree.map(put, tree)
+
+
+def replicated_sharding() -> jax.sharding.NamedSharding:
+  """How the pmapped step places its state: split over a mesh of the local devices whose one
+  axis is named like the step's pmap axis."""
+  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (train_steps.AXIS,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(train_steps.AXIS))
+
+
 def prepare_first_step(step_fn, data, make_state, compile_step: bool
                        ) -> concurrent.futures.Future:
   """The run's first batch, fetched in a background thread, which then compiles `step_fn` for
-  that batch and the state `make_state` would build (traced abstractly, never computed).
+  that batch and the replicated state `make_state` would build (traced abstractly, never
+  computed).
 
   XLA compiles on one core, so the step's compile overlaps the initialisation's compile and the
-  input pipeline's start. The compiled program goes to the persistent compilation cache, where
-  the first call of `step_fn` finds it. Returns a future of the batch.
+  input pipeline's start; the program also goes to the persistent compilation cache.
+
+  Returns:
+    a future of (batch, the compiled step or None when not compiled or the compile failed).
   """
   def work():
     batch = next(data)
+    compiled = None
     if compile_step:
       t = time.time()
-      n = jax.local_device_count()
+      n, sharding = jax.local_device_count(), replicated_sharding()
       state = jax.eval_shape(make_state)
-      replicated = jax.tree.map(lambda x: jax.ShapeDtypeStruct((n,) + tuple(x.shape), x.dtype),
-                                state)
+      replicated = jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct((n,) + tuple(x.shape), x.dtype, sharding=sharding), state)
       try:
-        step_fn.lower(replicated, batch).compile()
+        compiled = step_fn.lower(replicated, batch).compile()
         logging.info("train step compiled in the background in %.1f s", time.time() - t)
       except Exception as e:  # pylint: disable=broad-except  (the first call compiles it then)
         logging.warning("the background compile of the train step failed: %s", e)
-    return batch
+    return batch, compiled
   executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
   future = executor.submit(work)
   executor.shutdown(wait=False)
@@ -341,7 +368,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   vgg_params = None
   if config.get("vgg_weights"):
     from pcavs_jax.models.vgg import load_vgg19_weights
-    vgg_params = jax_utils.replicate(load_vgg19_weights(config.vgg_weights))
+    vgg_params = replicate(load_vgg19_weights(config.vgg_weights))
     logging.info("VGG19 perceptual loss on, weights from %s", config.vgg_weights)
   else:
     logging.info("VGG19 perceptual loss off: no config.vgg_weights given")
@@ -351,7 +378,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   sample_fn = _pmapped_sample_step(eval_model)
   from pcavs_jax import cross_driven
   probe = cross_driven.training_probe(config, eval_model) if is_main else None
-  rstate = jax_utils.replicate(state)
+  rstate = replicate(state)
   del state
 
   schedules = learning_rate_schedules(config)
@@ -365,8 +392,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   step = start_step
   with _StopSignal() as stop:
     while step < total:
-      batch = next(data) if pending is None else pending.result()
-      pending = None
+      if pending is not None:
+        batch, compiled = pending.result()
+        pending = None
+        step_fn = compiled or step_fn   # the first stage runs the background-compiled program
+      else:
+        batch = next(data)
       rstate, metrics = step_fn(rstate, batch) if vgg_params is None else step_fn(
           rstate, batch, vgg_params=vgg_params)
       step += 1
@@ -416,7 +447,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if (next_stage := stage_at(schedule, step)) != stage:
         stage = next_stage
         logging.info("step %d: stage %r begins", step, stage)
-        rstate = jax_utils.replicate(switch_stage(jax_utils.unreplicate(rstate), config, stage))
+        rstate = replicate(switch_stage(jax_utils.unreplicate(rstate), config, stage))
         step_fn = make_step_fn(stage)
       out_of_time = deadline is not None and time.time() > deadline
       if (step % config.checkpoint_every == 0 or step == total or stop.received or out_of_time):

@@ -255,11 +255,29 @@ def test_mouth_l1_term_weights_only_the_mouth_box():
   assert np.all(grad[mask] > 0) and np.all(grad[~mask] == 0)
 
 
-def test_compiled_programs_go_to_the_persistent_cache(records, tmp_path):
-  """The run fills the cache folder, the train step among its programs (compiled in the
-  background while the state is built), so a re-run reads its compiles back."""
+def test_a_rerun_reads_every_compiled_program_from_the_persistent_cache(records, tmp_path):
+  """A first run (in a fresh process: JAX sets its cache folder once per process) fills the
+  cache folder, the train step compiled in the background among its programs; a second run
+  with a new workdir compiles nothing new."""
   cache = tmp_path / "xla_cache"
-  config = tiny_config(records, 1, compilation_cache_dir=str(cache))
-  train.train_and_evaluate(config, str(tmp_path / "run"))
-  sizes = sorted(p.stat().st_size for p in cache.iterdir())
-  assert len(sizes) > 10 and sizes[-1] > 100_000, sizes   # the step is by far the largest program
+
+  def run(name):
+    script = (f"import sys; sys.path.insert(0, {str(REPO)!r}); "
+              f"sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})\n"
+              "from test_train import tiny_config\n"
+              "from absl import logging; logging.set_verbosity('info')\n"
+              "from pcavs_jax import train\n"
+              f"c = tiny_config({records!r}, 2, compilation_cache_dir={str(cache)!r}, "
+              "**{'train.stage': 'identity'})\n"
+              f"train.train_and_evaluate(c, {str(tmp_path / name)!r})\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "first step done" in proc.stderr
+    return {p.name: p.stat().st_size for p in cache.iterdir()}
+
+  first = run("first")
+  assert len(first) > 10 and max(first.values()) > 100_000, first   # the step is the largest
+  second = run("second")
+  assert second == first
