@@ -19,5 +19,5 @@ setup(
     python_requires=">=3.10",
     install_requires=_requirements("requirements.txt"),
     extras_require={"dev": _requirements("requirements-dev.txt")},
-    entry_points={"console_scripts": ["pcavs-jax=pcavs_jax.cli:main"]},
+    entry_points={"console_scripts": ["pcavs-jax=pcavs_jax.cli.main:main"]},
 )

@@ -2,9 +2,9 @@
 
 `pcavs-jax preprocess --videos DIR --out DIR [--shard i/n] [--workers W] [--resolution 224]`
 
-Per video: decode at 25 fps, audio to 16 kHz mono, the official face alignment (`pcavs_jax.face`:
+Per video: decode at 25 fps, audio to 16 kHz mono, the official face alignment (`pcavs_jax.data.face`:
 dlib detection and 68 landmarks on every frame, one clip similarity plus a smoothed per-frame
-mouth translation), the mel of DESIGN.md §4, a `Clip` written with `data_pipeline.records`. The
+mouth translation), the mel of DESIGN.md §4, a `Clip` written with `pcavs_jax.data.records`. The
 clip keeps each frame's 68 landmarks in aligned-crop pixels as `truth['landmarks']` (T, 68, 2),
 NaN in frames without a usable face (real-video clips have no other truth).
 
@@ -48,9 +48,9 @@ from typing import Any
 
 import numpy as np
 
-from pcavs_jax import media
-from pcavs_jax.clips import Clip
-from pcavs_jax.media import InputError
+from pcavs_jax.data import media
+from pcavs_jax.data.clips import Clip
+from pcavs_jax.data.media import InputError
 
 LRW_SPLITS = ("train", "val", "test")
 LABELS_FILE = "labels.json"
@@ -157,7 +157,7 @@ def process_video(path: str | os.PathLike, clip_id: str, identity: str, label: i
     path: the video (with an audio track).
     clip_id, identity, label: the clip's names (see `Clip`).
     resolution: side of the aligned frames.
-    detector: face detector, 'hog' or 'cnn' (`pcavs_jax.face.DETECTORS`).
+    detector: face detector, 'hog' or 'cnn' (`pcavs_jax.data.face.DETECTORS`).
     min_frames: shorter clips (after cutting video and audio to the same length) are refused.
     max_frames: longer clips are cut to this many frames.
     source: the clip's `source` field (default: the path).
@@ -167,8 +167,8 @@ def process_video(path: str | os.PathLike, clip_id: str, identity: str, label: i
   Raises:
     InputError: with a problem text naming why the video cannot be used.
   """
-  from pcavs_jax import audio as audio_lib
-  from pcavs_jax import face
+  from pcavs_jax.data import audio as audio_lib
+  from pcavs_jax.data import face
   info = media.probe(path)
   if not info.has_video:
     raise InputError(path, "file has no video stream", "no_video")
@@ -221,7 +221,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(options: dict, in_pool: bool = True) -> None:
-  from pcavs_jax import face
+  from pcavs_jax.data import face
   if in_pool:
     import cv2
     cv2.setNumThreads(1)  # the pool already uses the cores
@@ -332,7 +332,7 @@ def read_report(out_dir: str | os.PathLike) -> list[dict]:
 
 
 def _committed_files(out_dir: pathlib.Path) -> set[str]:
-  from data_pipeline import records
+  from pcavs_jax.data import records
   manifest = records.read_manifest(out_dir)
   return {f"{split}/{name}" for split, entry in manifest.get("splits", {}).items()
           for name in entry.get("files", {})}
@@ -387,8 +387,8 @@ def preprocess_videos(videos_dir: str | os.PathLike, out_dir: str | os.PathLike,
     earlier runs), written, skipped (reason -> count, this run), report (path), detector (in
     use), landmarks ('dlib68' or 'box'), seconds.
   """
-  from data_pipeline import records
-  from pcavs_jax import face
+  from pcavs_jax.data import records
+  from pcavs_jax.data import face
   say = log or (lambda _: None)
   videos_dir = pathlib.Path(videos_dir)
   out_dir = pathlib.Path(out_dir)

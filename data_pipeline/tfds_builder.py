@@ -4,12 +4,12 @@
     builder.download_and_prepare()
     ds = builder.as_dataset(split="train")   # or tfds.load via the builder's data_dir
 
-Each record folder (see `data_pipeline.records`) becomes one builder config, named after the
+Each record folder (see `pcavs_jax.data.records`) becomes one builder config, named after the
 folder unless `config_name` is given; its splits (train, test, ...) become the TFDS splits. Frames
 keep their JPEG bytes (no re-encoding). Features follow the folder's manifest: frame size, the
 per-frame ground truth keys and per-identity parameters every clip has.
 
-The training pipeline (`pcavs_jax.input_pipeline`) reads the record folders directly; this builder
+The training pipeline (`pcavs_jax.data.input_pipeline`) reads the record folders directly; this builder
 is for `tfds` users (inspection, `tfds.as_numpy`, other codebases). The builder is not registered
 in the TFDS catalogue, so `_info` builds `tfds.core.DatasetInfo` directly.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipeline import records
+from pcavs_jax.data import records
 
 
 def _config_name(records_dir: Path) -> str:

@@ -95,7 +95,7 @@ def load_checkpoint(path: str | os.PathLike, model_config=None, step: int | None
   if (path / CONFIG_FILE).exists():
     return load_export(path)
   if path.is_dir() and any(path.glob("*_net_G.pth")):
-    from configs.default import model_config as official_model_config
+    from pcavs_jax.models.config import model_config as official_model_config
     from pcavs_jax.convert.official import convert_official
     from pcavs_jax.models.pcavs import build_model
     model_config = model_config or official_model_config()

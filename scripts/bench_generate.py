@@ -1,6 +1,6 @@
 """Time per driven frame of `generate`, end to end, beside the network alone.
 
-End to end is `pcavs_jax.inference.generate`: read and align the reference photo, decode and align
+End to end is `pcavs_jax.infer.inference.generate`: read and align the reference photo, decode and align
 the pose video, read the audio and compute the mel, encode the identity, run the network in device
 batches, write the h264 + AAC mp4. Network only is the jitted drive (E_n on the pose frame, E_a on
 the mel window, G) on ready device batches. The official configuration (224 px) with random weights:
@@ -21,8 +21,9 @@ import time
 
 import numpy as np
 
-from configs.default import model_config
-from pcavs_jax import inference, media
+from pcavs_jax.models.config import model_config
+from pcavs_jax.infer import inference
+from pcavs_jax.data import media
 from pcavs_jax.models.pcavs import build_model
 
 STAGES = (("audio", "audio read (decode, 16 kHz mono, checks)"),

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs.default import model_config
+from pcavs_jax.models.config import model_config
 from pcavs_jax.models.pcavs import build_model
 
 GFLOP_PER_FRAME = 83.0  # E_n 12.65 + E_a 0.94 + G 69.4

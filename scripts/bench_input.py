@@ -19,9 +19,9 @@ import time
 import cv2
 import numpy as np
 
-from data_pipeline import records
-from pcavs_jax import input_pipeline
-from pcavs_jax.clips import Clip
+from pcavs_jax.data import records
+from pcavs_jax.data import input_pipeline
+from pcavs_jax.data.clips import Clip
 
 
 def synthetic_clip(i: int, size: int, num_frames: int, rng: np.random.Generator) -> Clip:

@@ -16,7 +16,7 @@ from data_pipeline.synthtalk import generate
 
 def bench(resolution: int, clips: int, frames: int, encode: bool) -> float:
   """Clips per second at one resolution (after one warm-up clip)."""
-  from data_pipeline import records
+  from pcavs_jax.data import records
   generate.make_clip(0, 0, 0, frames, resolution)
   start = time.perf_counter()
   for c in range(clips):
@@ -34,7 +34,7 @@ def main() -> None:
   p.add_argument("--encode", action="store_true", help="include JPEG + record encoding")
   args = p.parse_args()
   if args.encode:
-    from data_pipeline import records
+    from pcavs_jax.data import records
     records.encode_clip(generate.make_clip(0, 0, 0, 2, 32))   # import TensorFlow up front
   for res in (int(r) for r in args.resolutions.split(",")):
     rate = bench(res, args.clips, args.frames, args.encode)

@@ -49,9 +49,10 @@ def main() -> None:
   from ml_collections import config_flags  # noqa: F401  (config files may import it)
 
   sys.path.insert(0, os.getcwd())
-  from pcavs_jax import train, train_steps
+  from pcavs_jax.train import trainer as train
+  from pcavs_jax.train import steps as train_steps
   from pcavs_jax.models.pcavs import build_discriminator, build_model
-  from pcavs_jax.utils import load_config_file
+  from pcavs_jax.train.config import load_config_file
 
   config = load_config_file(args.config)
   if args.batch_size:

@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
 export TF_CPP_MIN_LOG_LEVEL=2
-exec .venv/bin/python -m pcavs_jax.demo "$@"
+exec .venv/bin/python -m pcavs_jax.cli.demo "$@"

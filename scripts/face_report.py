@@ -32,7 +32,7 @@ def template_proportioned(image: np.ndarray) -> np.ndarray:
   centre 1.22 eye distances below the eye line): the official alignment can then put the eyes
   and the mouth on the template at once. Other faces keep a residual (the least-squares fit)."""
   import cv2
-  from pcavs_jax import face
+  from pcavs_jax.data import face
   analyzer = face.get_analyzer()
   kp = face.keypoints_from_68(analyzer.landmarks(image, analyzer.detect(image)[0]))
   ratio = (kp[2, 1] - kp[:2, 1].mean()) / (kp[1, 0] - kp[0, 0])
@@ -48,7 +48,7 @@ ASTRONAUT_EYE_DISTANCE = 43.6   # px, between dlib's eye centres on skimage's as
 def face_frame(image: np.ndarray) -> tuple[tuple[float, float], float]:
   """Where the head turns about (the centre of the eyes and mouth) and the scale that gives the
   face the astronaut's size, from the 68 landmarks of the photo's largest face."""
-  from pcavs_jax import face
+  from pcavs_jax.data import face
   analyzer = face.get_analyzer()
   boxes = analyzer.detect(image)
   if not boxes:
@@ -91,7 +91,7 @@ def tone(frames: int, seed: int = 0) -> np.ndarray:
 
 def write_video_tree(out: pathlib.Path, frames: int, proportioned: bool = False,
                      photo: np.ndarray | None = None) -> pathlib.Path:
-  from pcavs_jax import media
+  from pcavs_jax.data import media
   path = out / "speaker" / "clip" / "00001.mp4"
   path.parent.mkdir(parents=True, exist_ok=True)
   media.write_video(path, head_moving_frames(frames, proportioned=proportioned, photo=photo),
@@ -122,7 +122,7 @@ def degrade_frames(frames: np.ndarray, shift: float = 3.0, blur: float = 1.0,
 
 def write_degraded(video: pathlib.Path, out: pathlib.Path, shift: float, blur: float,
                    jpeg: int) -> pathlib.Path:
-  from pcavs_jax import media
+  from pcavs_jax.data import media
   frames = media.read_video(video)
   audio = media.read_audio(video) if media.probe(video).has_audio else None
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,7 @@ def write_degraded(video: pathlib.Path, out: pathlib.Path, shift: float, blur: f
 
 def alignment_errors(aligned: np.ndarray) -> dict:
   """Errors of aligned frames against the official targets, from landmarks found on them."""
-  from pcavs_jax import face
+  from pcavs_jax.data import face
   analyzer = face.get_analyzer()
   track = face.track_faces(aligned, analyzer)
   kp = track.keypoints[track.found] * (224.0 / aligned.shape[1])
@@ -169,7 +169,7 @@ def main() -> int:
   if args.command == "video":
     photo = None
     if args.photo:
-      from pcavs_jax import media
+      from pcavs_jax.data import media
       photo = media.read_image(args.photo)
     print(write_video_tree(pathlib.Path(args.out), args.frames, args.proportioned, photo))
     return 0
@@ -177,7 +177,7 @@ def main() -> int:
     print(write_degraded(pathlib.Path(args.video), pathlib.Path(args.out), args.shift, args.blur,
                          args.jpeg))
     return 0
-  from data_pipeline import records
+  from pcavs_jax.data import records
   for clip in records.read_clips(args.records, args.split):
     print(json.dumps({"clip": clip.clip_id, **alignment_errors(clip.frames)}, indent=1))
   return 0

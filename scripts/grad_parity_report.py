@@ -3,7 +3,7 @@
 Writes the parity state dicts (`shared/parity/official_weights.py`) as official .pth files (torch,
 a dev-only dependency, writes them) unless --official names a folder of such files, converts them
 with `convert_official`, runs one full-stage generator-side forward and the D loss of
-`pcavs_jax.train_steps` on the fixture's inputs (no optimiser step), maps every gradient back to
+`pcavs_jax.train.steps` on the fixture's inputs (no optimiser step), maps every gradient back to
 the official tensor layout and compares with `official_grads.npz`:
 
   python scripts/grad_parity_report.py [--official DIR] [--fixture NPZ]
@@ -54,7 +54,7 @@ LOSS_TOL, TENSOR_TOL = 1e-4, 2e-3
 # this multiple of the official float32 gradients' own largest error.
 ROUNDING_MARGIN = 2.0
 NETS = ("G", "V", "E", "A_sync", "D")
-# Official loss key -> ours (pcavs_jax.train_steps).
+# Official loss key -> ours (pcavs_jax.train.steps).
 G_TERMS = {"CrossModal": "sync_l1", "SoftmaxContrastive": "sync_contrastive_va",
            "SoftmaxContrastive_v2a": "sync_contrastive_av", "GAN_Feat": "feature_matching_visual",
            "GAN_Feat_audio": "feature_matching_audio", "GANv": "gan_visual", "GANa": "gan_audio",
@@ -154,11 +154,11 @@ def _write_parity_pth(parity_dir: pathlib.Path, out: pathlib.Path) -> None:
 
 
 def training_losses_and_grads(variables, d_variables, fixture, config) -> dict:
-  """One full-stage step's losses and gradients (no update) by `pcavs_jax.train_steps`, computed
+  """One full-stage step's losses and gradients (no update) by `pcavs_jax.train.steps`, computed
   in `config.model.dtype`."""
   import jax
   import jax.numpy as jnp
-  from pcavs_jax import train_steps
+  from pcavs_jax.train import steps as train_steps
   from pcavs_jax.models.pcavs import build_discriminator, build_model
 
   model = build_model(config.model).clone(bn_axis_name=train_steps.AXIS)

@@ -60,13 +60,14 @@ def main() -> None:
   import optax
 
   sys.path.insert(0, os.getcwd())
-  from data_pipeline.synthtalk import crossdriven, scoring
-  from pcavs_jax import input_pipeline
-  from pcavs_jax.cross_driven import target_ratios
+  from pcavs_jax.data.synthtalk import eval_sets
+  from pcavs_jax.evaluate import scoring
+  from pcavs_jax.data import input_pipeline
+  from pcavs_jax.evaluate.mechanisms import target_ratios
   from pcavs_jax.models.encoders import IdentityEncoder
   from pcavs_jax.models.generator import Generator, generator_channels, start_size
   from pcavs_jax.models.pcavs import identity_dim
-  from pcavs_jax.utils import load_config_file
+  from pcavs_jax.train.config import load_config_file
 
   config = load_config_file(args.config)
   m = config.model
@@ -108,7 +109,7 @@ def main() -> None:
 
   draw = jax.jit(lambda params, stats, reference, codes: model.apply(
       {"params": params, "batch_stats": stats}, reference, codes))
-  eval_set = crossdriven.load_eval_set(args.eval_set)
+  eval_set = eval_sets.load_eval_set(args.eval_set)
   baselines = scoring.baseline_scores(eval_set)
 
   generated = {}

@@ -15,7 +15,7 @@ import tempfile
 
 import numpy as np
 
-from configs.default import model_config
+from pcavs_jax.models.config import model_config
 from pcavs_jax.checkpoint import load_checkpoint
 from pcavs_jax.convert.official import convert_official
 from pcavs_jax.convert.parity import official_parity_errors

@@ -20,11 +20,11 @@ def main() -> None:
   p.add_argument("--no-ema", dest="ema", action="store_false",
                  help="the trained parameters, not their moving average")
   a = p.parse_args()
-  from data_pipeline.synthtalk import crossdriven
+  from pcavs_jax.data.synthtalk import eval_sets
   from pcavs_jax.checkpoint import load_checkpoint
-  from pcavs_jax.cross_driven import probe_codes
+  from pcavs_jax.evaluate.mechanisms import probe_codes
   model, variables = load_checkpoint(a.checkpoint, step=a.step, ema=a.ema)
-  report = probe_codes(model, variables, crossdriven.load_eval_set(a.eval_set))
+  report = probe_codes(model, variables, eval_sets.load_eval_set(a.eval_set))
   keys = list(report["pose_code_r2"])
   print(f"{'':22s}" + "".join(f"{k:>11s}" for k in keys))
   for name, row in report.items():

@@ -46,7 +46,7 @@ def main() -> int:
     name = _name(arg, overrides)
     workdir = root / name
     config = f"{a.config}:{arg}" if arg else a.config
-    cmd = [sys.executable, "-m", "pcavs_jax.main", f"--config={config}", f"--workdir={workdir}",
+    cmd = [sys.executable, "-m", "pcavs_jax.cli.train", f"--config={config}", f"--workdir={workdir}",
            *shlex.split(a.common), *shlex.split(overrides)]
     done = workdir / "sweep_done"
     if not done.exists():
@@ -63,7 +63,7 @@ def main() -> int:
       last = json.loads(history.read_text().splitlines()[-1])
       row.update({k: last.get(k) for k in TABLE_KEYS})
     if a.eval_set:
-      from pcavs_jax.cross_driven import evaluate_checkpoint
+      from pcavs_jax.evaluate.mechanisms import evaluate_checkpoint
       report = evaluate_checkpoint(str(workdir), a.eval_set)
       row.update({k: report["model"].get(k) for k in EVAL_KEYS})
     rows.append(row)

@@ -45,9 +45,9 @@ def official_weights(parity_dir):
 def random_records(tmp_path_factory) -> str:
   """Eight random 64-px clips of four identities as clip records (two shards), for training tests."""
   import numpy as np
-  from data_pipeline.records import write_clips
-  from pcavs_jax import audio
-  from pcavs_jax.clips import Clip
+  from pcavs_jax.data.records import write_clips
+  from pcavs_jax.data import audio
+  from pcavs_jax.data.clips import Clip
   rng = np.random.default_rng(0)
   out = tmp_path_factory.mktemp("random_records")
 
@@ -70,5 +70,5 @@ def checkpoint(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def driver(checkpoint):
-  from pcavs_jax import inference
+  from pcavs_jax.infer import inference
   return inference.load_driver(checkpoint, batch_size=4)

@@ -54,7 +54,8 @@ def run_steps(devices: int) -> dict:
   import numpy as np
   from flax import jax_utils
 
-  from pcavs_jax import train, train_steps
+  from pcavs_jax.train import trainer as train
+  from pcavs_jax.train import steps as train_steps
   from pcavs_jax.models.pcavs import build_discriminator, build_model
   config = _config()
   model = build_model(config.model).clone(bn_axis_name=train_steps.AXIS)
@@ -79,7 +80,7 @@ def run_steps(devices: int) -> dict:
 def run_distributed(args) -> dict:
   import ml_collections
 
-  from pcavs_jax import train
+  from pcavs_jax.train import trainer as train
   config = _config(args.records)
   config.num_train_steps = 2
   config.log_every = 1

@@ -1,27 +1,11 @@
-"""SynthTalk: a procedural talking-face benchmark with exact ground truth (DESIGN.md §5).
+"""SynthTalk's offline writer: procedural talking-face clips with exact ground truth (DESIGN.md §5).
 
 Modules:
-  identity     per-speaker face and voice parameters, the shared landmark layout
-  speech       phoneme sequences, the formant synthesiser, the mouth the phonemes imply
-  render       the ray-cast renderer: any (identity, pose, mouth) to an aligned frame
-  generate     head motion, splits and the assembly of `Clip` records
-  analyzer     reads pose, mouth and identity colours back from a frame (classical CV)
-  crossdriven  the cross-driven evaluation set (identity A, pose B, audio C) and its truth
-  scoring      SSIM, PSNR, mouth, pose, identity errors, audio-to-mouth lag; the baselines
-  cli          the `pcavs-jax synthtalk` subcommand (`register`, `run`)
+  speech     phoneme sequences, the formant synthesiser, the mouth the phonemes imply
+  generate   head motion, splits and the assembly of `Clip` records
+  cli        writing a SynthTalk folder: records and the evaluation sets with their baselines
+  accuracy   how well the analyzer reads degraded frames
+
+The face model that evaluation also reads (identity, renderer, analyzer, evaluation sets) lives in
+`pcavs_jax.data.synthtalk`; the scores in `pcavs_jax.evaluate.scoring`.
 """
-from __future__ import annotations
-
-import argparse
-
-
-def register(subparsers) -> argparse.ArgumentParser:
-  """Adds the `synthtalk` subcommand to an argparse subparsers object (see `cli`)."""
-  from data_pipeline.synthtalk import cli
-  return cli.register(subparsers)
-
-
-def run(args: argparse.Namespace) -> int:
-  """Runs the `synthtalk` subcommand (see `cli.run`)."""
-  from data_pipeline.synthtalk import cli
-  return cli.run(args)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from data_pipeline.synthtalk import analyzer, generate, render
+from data_pipeline.synthtalk import generate
+from pcavs_jax.data.synthtalk import analyzer
+from pcavs_jax.data.synthtalk import render
 
 CONDITIONS = ("clean", "blurred", "noisy", "blurred+noisy")
 KEYS = ("yaw", "pitch", "roll", "tx", "ty", "mouth_open", "mouth_width")

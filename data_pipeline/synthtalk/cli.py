@@ -4,7 +4,7 @@
       --resolution 64 --seed 0
 
 writes
-  OUT/manifest.json, OUT/train/*.tfrecord, OUT/test/*.tfrecord   the clips (data_pipeline.records)
+  OUT/manifest.json, OUT/train/*.tfrecord, OUT/test/*.tfrecord   the clips (pcavs_jax.data.records)
   OUT/cross_driven/eval_set.npz (+ .json), baselines.json        unseen: test identities' triples
   OUT/cross_driven/seen_set.npz (+ .json), seen_baselines.json   seen: triples of held-out clips
                                                                  of training identities
@@ -63,8 +63,9 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
   """Builds the splits, the evaluation sets and their baseline scores; returns the exit code."""
-  from data_pipeline import records
-  from data_pipeline.synthtalk import crossdriven, generate
+  from pcavs_jax.data import records
+  from data_pipeline.synthtalk import generate
+  from pcavs_jax.data.synthtalk import eval_sets
 
   _check(args)
   out = Path(args.out)
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
              "seconds": timings, "triples": {}}
   sets = {}
   if kept["test"]:
-    sets["unseen"] = lambda: crossdriven.build_eval_set(kept["test"], args.triples)
+    sets["unseen"] = lambda: eval_sets.build_eval_set(kept["test"], args.triples)
   else:
     print("synthtalk: no test identities, so no unseen cross-driven set", flush=True)
   seen_ids = _seen_identities(args, split)
@@ -111,16 +112,16 @@ def run(args: argparse.Namespace) -> int:
     heldout = lambda: list(generate.generate_clips(
         args.seed, seen_ids, args.heldout_clips, args.frames, args.resolution, args.workers,
         first_clip=args.clips_per_identity))
-    sets["seen"] = lambda: crossdriven.build_eval_set(heldout(), len(seen_ids) if
+    sets["seen"] = lambda: eval_sets.build_eval_set(heldout(), len(seen_ids) if
                                                       args.seen_triples is None else
                                                       args.seen_triples, seen=True)
   if args.self_driven and kept["train"]:
-    sets["self"] = lambda: crossdriven.build_self_driven_set(kept["train"])
+    sets["self"] = lambda: eval_sets.build_self_driven_set(kept["train"])
   for name, build in sets.items():
     start = time.time()
     eval_set = build()
-    set_file, _ = crossdriven.SET_FILES[name]
-    path = crossdriven.save_eval_set(eval_set, out / "cross_driven" / set_file)
+    set_file, _ = eval_sets.SET_FILES[name]
+    path = eval_sets.save_eval_set(eval_set, out / "cross_driven" / set_file)
     summary["triples"][name] = len(eval_set)
     print(f"synthtalk: {name} set: {len(eval_set)} triples ({time.time() - start:.1f} s)",
           flush=True)
@@ -143,9 +144,10 @@ def _seen_identities(args: argparse.Namespace, split) -> tuple[int, ...]:
 
 def _write_baselines(eval_set, set_path: Path, name: str) -> None:
   """Scores the baselines of one set beside it, and prints them."""
-  from data_pipeline.synthtalk import crossdriven, scoring
+  from pcavs_jax.data.synthtalk import eval_sets
+  from pcavs_jax.evaluate import scoring
   scores = scoring.baseline_scores(eval_set)
-  crossdriven.baselines_path(set_path).write_text(json.dumps(scores, indent=1))
+  eval_sets.baselines_path(set_path).write_text(json.dumps(scores, indent=1))
   keys = ("ssim", "psnr", "mouth_err", "pose_err", "identity_err", "sync", "abs_lag")
   print(f"synthtalk: {name} baselines " + " ".join(f"{k:>12s}" for k in keys))
   for baseline, s in scores.items():

@@ -11,10 +11,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from data_pipeline.synthtalk import identity as ident
-from data_pipeline.synthtalk import render, speech
-from pcavs_jax import audio as audio_lib
-from pcavs_jax.clips import Clip
+from pcavs_jax.data.synthtalk import identity as ident
+from data_pipeline.synthtalk import speech
+from pcavs_jax.data.synthtalk import render
+from pcavs_jax.data import audio as audio_lib
+from pcavs_jax.data.clips import Clip
 
 STREAM_IDENTITY, STREAM_PHONEMES, STREAM_AUDIO, STREAM_POSE = range(4)
 

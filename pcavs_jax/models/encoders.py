@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcavs_jax.utils import LUMA_WEIGHTS
 
 Dtype = Any
 Array = jax.Array
@@ -29,6 +28,9 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 # ----------------------------------------------------------------------------- helpers
+
+# ITU-R BT.601 luma weights of (R, G, B): a pixel's luminance.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 def scaled_channels(channels: int, width: float, multiple: int = 1) -> int:

@@ -1,0 +1,251 @@
+"""Pure PC-AVS train steps, written for `jax.pmap(axis_name='batch')`.
+
+One step is a discriminator update followed by a generator-side update against the new D, as in
+pix2pixHD-style training. The generator-side forward (E_i, E_n, E_a, G) runs once per step under
+`jax.vjp`: D trains on its detached fakes, then the G losses are taken against the updated D and
+pulled back through the same forward. The official code repeats the forward for its G step with
+the same G weights, so the numbers agree up to the BatchNorm running statistics and dropout draw,
+and a third of the step's work is saved.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from pcavs_jax.train import losses
+from pcavs_jax.train.state import GANTrainState, STAGE_TRAINABLE
+
+Batch = dict[str, jax.Array]
+AXIS = "batch"
+
+
+def flatten_clip(batch: Batch) -> Batch:
+  """[B, clip_len, ...] -> [B * clip_len, ...]; references repeated per target frame."""
+  b, clip_len = batch["target"].shape[:2]
+  flat = lambda x: x.reshape((b * clip_len,) + x.shape[2:])
+  reference = jnp.repeat(batch["reference"], clip_len, axis=0)
+  return {"target": flat(batch["target"]), "pose_source": flat(batch["pose_source"]),
+          "mel": flat(batch["mel"]), "reference": reference,
+          "label": jnp.repeat(batch["label"], clip_len, axis=0)}
+
+
+def _g_rngs(rng: jax.Array, noise_injection: bool = True) -> dict[str, jax.Array]:
+  dropout, noise = jax.random.split(rng)
+  return {"dropout": dropout, "noise": noise} if noise_injection else {"dropout": dropout}
+
+
+def _g_forward(g_params, batch_stats, batch: Batch, rng, *, model, stage: str,
+               noise_injection: bool = True):
+  """The generator-side forward of a stage: (outputs the losses read, new batch stats)."""
+  variables = {"params": g_params, "batch_stats": batch_stats}
+  kw = dict(rngs=_g_rngs(rng, noise_injection), mutable=["batch_stats"])
+  if stage == "identity":
+    out, new = model.apply(variables, batch["reference"][:, 0], train=True,
+                           method=model.encode_identity, **kw)
+    return {"class_scores": out["class_scores"]}, new["batch_stats"]
+  if stage in ("sync", "sync_trunk"):
+    def sync_forward(module, pose_source, mel):
+      feature = module.nonidentity_encoder.features(pose_source, train=True)
+      if stage == "sync":
+        feature = lax.stop_gradient(feature)
+      visual_mouth = module.nonidentity_encoder.to_mouth(feature)
+      return visual_mouth, module.audio_encoder(mel, train=True)
+    (visual, audio), new = model.apply(variables, batch["pose_source"], batch["mel"],
+                                       method=sync_forward, **kw)
+    return {"visual_mouth": visual, "audio_mouth": audio}, new["batch_stats"]
+  out, new = model.apply(variables, batch["reference"], batch["mel"], batch["pose_source"],
+                         train=True, **kw)
+  keep = {"fake_visual": out["fake_visual"], "fake_audio": out["fake_audio"],
+          "visual_mouth": out["visual"]["mouth"], "audio_mouth": out["audio"]["mouth"],
+          "class_scores": out["identity"]["class_scores"]}
+  return keep, new["batch_stats"]
+
+
+def _g_losses(outputs, d_out, batch: Batch, loss_config, vgg_params) -> tuple[jax.Array, dict]:
+  """The generator-side losses of whichever outputs the stage produced."""
+  w = loss_config
+  terms: dict[str, jax.Array] = {}
+  if "class_scores" in outputs and w.identity > 0:
+    terms["identity_ce"] = w.identity * losses.cross_entropy_loss(outputs["class_scores"], batch["label"])
+  if "audio_mouth" in outputs:
+    # The contrastive negatives are the rest of the global batch, as the official loss sees
+    # the whole (DataParallel-gathered) batch: gather every device's features first. Each device
+    # then holds the global loss; the gather's transpose sums its cotangents over devices, so the
+    # pmean-ed gradients equal the single-device gradients of the same global batch.
+    gather = lambda x: lax.all_gather(x, AXIS, tiled=True)
+    _, parts = losses.sync_loss(gather(outputs["visual_mouth"]), gather(outputs["audio_mouth"]),
+                                contrastive_weight=w.contrastive, l1_weight=w.crossmodal_l1,
+                                cosine_scale=w.get("sync_cosine_scale", 0.0))
+    terms.update(parts)
+  if d_out is not None:
+    b = batch["target"].shape[0]
+    fake_v, fake_a, real = _split_scales(d_out, b)
+    for name, fake_d in (("visual", fake_v), ("audio", fake_a)):
+      terms[f"gan_{name}"] = w.gan * losses.hinge_g_loss(fake_d)
+      if w.feature_matching > 0:
+        terms[f"feature_matching_{name}"] = losses.feature_matching_loss(
+            fake_d, real, lambda_feat=w.feature_matching, lambda_image=w.image)
+      fake = outputs[f"fake_{name}"]
+      if w.l1_image > 0:
+        terms[f"l1_image_{name}"] = w.l1_image * losses.l1_loss(fake, batch["target"])
+      if w.mouth_l1 > 0:
+        terms[f"mouth_l1_{name}"] = w.mouth_l1 * losses.box_l1_loss(fake, batch["target"],
+                                                                   w.mouth_box)
+      if vgg_params is not None and w.vgg > 0:
+        from pcavs_jax.models.vgg import perceptual_loss
+        terms[f"vgg_{name}"] = w.vgg * perceptual_loss(vgg_params, fake, batch["target"])
+  total = sum(terms.values())
+  return total, terms
+
+
+def _split_scales(d_out, b: int):
+  """D outputs on concat[fake_visual, fake_audio, real] -> three per-scale output lists."""
+  parts = ([], [], [])
+  for scale in d_out:
+    for i in range(3):
+      parts[i].append([x[i * b:(i + 1) * b] for x in scale])
+  fake_v, fake_a, real = parts
+  real = jax.tree.map(lax.stop_gradient, real)
+  return fake_v, fake_a, real
+
+
+def generator_side_forward(g_params, batch_stats, batch: Batch, rng: jax.Array, *, model,
+                           stage: str, noise_injection: bool = True):
+  """The stage's generator-side forward under `jax.vjp`: (outputs, vjp_fn, new batch stats).
+
+  `vjp_fn` pulls the gradient of any loss of the outputs back to `g_params`, so the forward runs
+  once however many losses (and D updates) read its outputs.
+  """
+  forward = functools.partial(_g_forward, batch=batch, rng=rng, model=model, stage=stage,
+                              noise_injection=noise_injection)
+  return jax.vjp(lambda p: forward(p, batch_stats), g_params, has_aux=True)
+
+
+def discriminator_loss_and_grads(d_params, d_stats, outputs, batch: Batch, *, discriminator,
+                                 gan_weight: float, power_iteration: bool = True):
+  """D's hinge loss on the detached fakes (visual and audio) and the reals, and its gradients.
+
+  Args:
+    d_params, d_stats: D's parameters and spectral-norm vectors.
+    outputs: `generator_side_forward` outputs holding `fake_visual` and `fake_audio`.
+    batch: the flattened batch (its `target` frames are the reals).
+    gan_weight: lambda_D.
+    power_iteration: advance the spectral-norm vectors by one power iteration (training);
+      False divides by the stored vectors' sigma (the official fixture's eval-mode D).
+
+  Returns:
+    (loss, {'d_fake', 'd_real'}, gradients, new d_stats).
+  """
+  real = batch["target"]
+  fakes = lax.stop_gradient(jnp.concatenate([outputs["fake_visual"], outputs["fake_audio"]]))
+
+  def loss_fn(params):
+    variables = {"params": params, "batch_stats": d_stats}
+    images = jnp.concatenate([fakes, real])
+    if power_iteration:
+      d_out, new = discriminator.apply(variables, images, train=True, mutable=["batch_stats"])
+      new_stats = new["batch_stats"]
+    else:
+      d_out, new_stats = discriminator.apply(variables, images, train=False), d_stats
+    n = fakes.shape[0]
+    d_fake = losses.hinge_d_loss([[x[:n] for x in scale] for scale in d_out], real=False)
+    d_real = losses.hinge_d_loss([[x[n:] for x in scale] for scale in d_out], real=True)
+    return gan_weight * (d_fake + d_real), ({"d_fake": d_fake, "d_real": d_real}, new_stats)
+
+  (loss, (terms, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(d_params)
+  return loss, terms, grads, new_stats
+
+
+def generator_side_loss_and_grads(outputs, vjp_fn, batch: Batch, d_params, d_stats, *,
+                                  discriminator, loss_config, vgg_params=None):
+  """The generator-side losses of the forward's outputs against D, and their G-side gradients.
+
+  Returns:
+    (total loss, {term: weighted value}, gradients keyed like g_params).
+  """
+  def loss_fn(outs):
+    d_out = None
+    if "fake_visual" in outs:
+      images = jnp.concatenate([outs["fake_visual"], outs["fake_audio"], batch["target"]])
+      # D's spectral-norm vectors are not advanced by the generator side.
+      d_out = discriminator.apply({"params": d_params, "batch_stats": d_stats}, images, train=False)
+    return _g_losses(outs, d_out, batch, loss_config, vgg_params)
+
+  (loss, terms), out_grads = jax.value_and_grad(loss_fn, has_aux=True)(outputs)
+  (grads,) = vjp_fn(out_grads)
+  return loss, terms, grads
+
+
+def train_step(state: GANTrainState, batch: Batch, *, model, discriminator, config,
+               stage: str | None = None, vgg_params=None
+               ) -> tuple[GANTrainState, dict[str, jax.Array]]:
+  """One D update then one G-side update; returns the new state and pmean-ed scalar metrics.
+
+  `stage` defaults to config.train.stage; the state's optimisers must be that stage's.
+  """
+  stage = stage or config.train.stage
+  batch = flatten_clip(batch)
+  rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(AXIS))
+  g_rng, _ = jax.random.split(rng)
+  outputs, g_vjp, g_stats = generator_side_forward(
+      state.g_params, state.batch_stats["g"], batch, g_rng, model=model, stage=stage,
+      noise_injection=config.train.get("noise_injection", True))
+  metrics: dict[str, jax.Array] = {}
+  d_params, d_stats, d_opt_state = state.d_params, state.batch_stats["d"], state.d_opt_state
+
+  if "fake_visual" in outputs:
+    d_loss, d_terms, d_grads, d_stats = discriminator_loss_and_grads(
+        d_params, d_stats, outputs, batch, discriminator=discriminator, gan_weight=config.loss.gan)
+    d_grads = lax.pmean(d_grads, AXIS)
+    updates, d_opt_state = state.d_tx.update(d_grads, d_opt_state, d_params)
+    d_params = optax.apply_updates(d_params, updates)
+    metrics.update(d_terms, d_loss=d_loss, grad_norm_discriminator=optax.global_norm(d_grads))
+
+  g_loss, g_terms, g_grads = generator_side_loss_and_grads(
+      outputs, g_vjp, batch, d_params, d_stats, discriminator=discriminator,
+      loss_config=config.loss, vgg_params=vgg_params)
+  g_grads = lax.pmean(g_grads, AXIS)
+  updates, g_opt_state = state.g_tx.update(g_grads, state.g_opt_state, state.g_params)
+  g_params = optax.apply_updates(state.g_params, updates)
+  g_stats = _merge_stats(state.batch_stats["g"], g_stats)
+  metrics.update(g_terms, g_loss=g_loss)
+  metrics.update({f"grad_norm_{k}": optax.global_norm(v) for k, v in g_grads.items()
+                  if k in _trained_networks(stage)})
+  metrics.update(param_norm_generator_side=optax.global_norm(g_params),
+                 param_norm_discriminator=optax.global_norm(d_params))
+  metrics = lax.pmean(metrics, AXIS)
+  # Losses, gradient norms and the updated parameters' norms: a state is only saved when all
+  # of them are finite.
+  metrics["all_finite"] = jnp.all(jnp.stack([jnp.isfinite(v) for v in metrics.values()]))
+  new_state = state.replace(step=state.step + 1, g_params=g_params, d_params=d_params,
+                            g_opt_state=g_opt_state, d_opt_state=d_opt_state,
+                            batch_stats={"g": g_stats, "d": d_stats}).update_ema(state.step)
+  return new_state, metrics
+
+
+def _merge_stats(old, new):
+  """Stages update only the BatchNorm statistics of the networks they run."""
+  merged = dict(old)
+  merged.update(new)
+  return merged
+
+
+def _trained_networks(stage: str) -> tuple[str, ...]:
+  patterns = STAGE_TRAINABLE[stage]
+  if patterns is None:
+    return ("identity_encoder", "nonidentity_encoder", "audio_encoder", "generator")
+  return tuple(sorted({p[0] for p in patterns}))
+
+
+
+def sample_step(g_params, batch_stats, batch: Batch, *, model) -> dict[str, jax.Array]:
+  """Eval-mode reconstructions for image grids: audio-driven and visual-driven fakes."""
+  batch = flatten_clip(batch)
+  out = model.apply({"params": g_params, "batch_stats": batch_stats}, batch["reference"],
+                    batch["mel"], batch["pose_source"], train=False)
+  return {"reference": batch["reference"][:, 0], "pose_source": batch["pose_source"],
+          "fake_audio": out["fake_audio"], "target": batch["target"]}

@@ -1,0 +1,283 @@
+"""Training end to end on the tiny config: smoke, resume, determinism, NaN stop, SIGTERM."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs.default import get_config
+from pcavs_jax.train import trainer as train
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def records(random_records) -> str:
+  return random_records
+
+
+def tiny_config(records: str, steps: int, **overrides):
+  config = get_config("variant=tiny")
+  config.data_dir = records
+  config.num_train_steps = steps
+  config.log_every = 1
+  config.checkpoint_every = 2
+  for key, value in overrides.items():
+    target = config
+    *path, leaf = key.split(".")
+    for p in path:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def history(workdir) -> list[dict]:
+  lines = (pathlib.Path(workdir) / "train_history.jsonl").read_text().splitlines()
+  return [json.loads(l) for l in lines]
+
+
+LOSS_KEYS = ("d_loss", "g_loss", "identity_ce", "sync_l1", "feature_matching_audio")
+
+
+def losses(rows, steps):
+  by_step = {r["step"]: r for r in rows}
+  return np.array([[by_step[s][k] for k in LOSS_KEYS] for s in steps])
+
+
+@pytest.fixture(scope="module")
+def runs(records, tmp_path_factory):
+  """An uninterrupted 4-step run, and a 2-step run resumed to 4 steps in a second call."""
+  whole = tmp_path_factory.mktemp("whole")
+  split = tmp_path_factory.mktemp("split")
+  init = train.initial_state(tiny_config(records, 4), *_networks(records))
+  state_whole = train.train_and_evaluate(tiny_config(records, 4), str(whole))
+  state_half = train.train_and_evaluate(tiny_config(records, 2), str(split))
+  state_resumed = train.train_and_evaluate(tiny_config(records, 4), str(split))
+  return dict(whole=whole, split=split, init=init, state_whole=state_whole,
+              state_half=state_half, state_resumed=state_resumed)
+
+
+def _networks(records):
+  from pcavs_jax.models.pcavs import build_discriminator, build_model
+  from pcavs_jax.train import steps as train_steps
+  c = tiny_config(records, 1)
+  return build_model(c.model).clone(bn_axis_name=train_steps.AXIS), build_discriminator(c.model)
+
+
+def test_two_step_smoke(runs):
+  rows = history(runs["split"])[:2]
+  assert [r["step"] for r in rows] == [1, 2]
+  assert all(np.isfinite(r[k]) for r in rows for k in LOSS_KEYS)
+  changed = jax.tree.map(lambda a, b: not np.array_equal(np.asarray(a), np.asarray(b)),
+                         runs["init"].g_params, runs["state_half"].g_params)
+  for network, flags in changed.items():
+    assert any(jax.tree.leaves(flags)), f"{network} parameters did not change"
+  assert not np.array_equal(jax.tree.leaves(runs["init"].d_params)[0],
+                            jax.tree.leaves(runs["state_half"].d_params)[0])
+  assert (runs["split"] / "checkpoints" / "2").is_dir()
+  assert list((runs["split"]).glob("events.out.tfevents.*")), "no TensorBoard summaries written"
+
+
+def test_checkpoint_carries_the_moving_average(runs):
+  from pcavs_jax.checkpoint import load_checkpoint, load_training_checkpoint
+  state = runs["state_half"]
+  assert state.ema_decay == 0.99
+  # After two steps the average sits between the initial and the trained parameters.
+  init, ema, raw = (np.asarray(jax.tree.leaves(t["generator"])[0])
+                    for t in (runs["init"].g_params, state.ema_params, state.g_params))
+  assert not np.allclose(ema, raw) and not np.allclose(ema, init)
+  _, averaged = load_training_checkpoint(runs["split"], step=2)
+  _, trained = load_checkpoint(runs["split"], step=2, ema=False)
+  for loaded, expected in ((averaged, state.ema_params), (trained, state.g_params)):
+    for a, b in zip(jax.tree.leaves(loaded["params"]), jax.tree.leaves(expected)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_resume_gives_the_losses_of_an_uninterrupted_run(runs):
+  whole, resumed = history(runs["whole"]), history(runs["split"])
+  assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+  np.testing.assert_allclose(losses(resumed, [3, 4]), losses(whole, [3, 4]), rtol=1e-5)
+  for part in ("g_params", "ema_params"):
+    np.testing.assert_allclose(
+        np.asarray(jax.tree.leaves(getattr(runs["state_resumed"], part))[0]),
+        np.asarray(jax.tree.leaves(getattr(runs["state_whole"], part))[0]), rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_gives_the_same_losses(runs):
+  np.testing.assert_array_equal(losses(history(runs["split"]), [1, 2]),
+                                losses(history(runs["whole"]), [1, 2]))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(records, tmp_path, monkeypatch):
+  # A corrupt batch (NaN mel) at step 3, with the config of `runs`: the compiled step is reused.
+  clean_batches = train.train_batches
+
+  def batches_with_a_nan_mel_at_step_3(config, start_step):
+    for step, batch in enumerate(clean_batches(config, start_step), start_step + 1):
+      if step == 3:
+        batch = dict(batch, mel=np.full_like(batch["mel"], np.nan))
+      yield batch
+
+  monkeypatch.setattr(train, "train_batches", batches_with_a_nan_mel_at_step_3)
+  train.train_and_evaluate(tiny_config(records, 2, checkpoint_every=1), str(tmp_path))
+  with pytest.raises(train.NonFiniteLossError, match="non-finite .* step 3"):
+    train.train_and_evaluate(tiny_config(records, 6, checkpoint_every=1), str(tmp_path))
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps[-1] == 2
+  from pcavs_jax.checkpoint import load_training_checkpoint
+  _, variables = load_training_checkpoint(tmp_path)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(variables["params"]))
+
+
+def test_sigterm_saves_and_exits(records, tmp_path):
+  script = (f"import sys; sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(pathlib.Path(__file__).parents[1])!r})\n"
+            "from test_train import tiny_config\n"
+            "from pcavs_jax import train\n"
+            # The identity stage compiles in a fraction of the full step's time; the signal
+            # handling does not depend on the stage.
+            f"c = tiny_config({records!r}, 100000, checkpoint_every=100000, "
+            "**{'train.stage': 'identity'})\n"
+            f"train.train_and_evaluate(c, {str(tmp_path)!r})\n")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 600
+  events = tmp_path / "train_history.jsonl"
+  # Wait until training steps run (their losses are logged), then ask it to stop.
+  while time.time() < deadline and not events.exists() and proc.poll() is None:
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out[-3000:]
+  steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+  assert steps and 0 < max(steps) < 100000, out[-2000:]
+  assert events.exists()
+
+
+@pytest.mark.parametrize("stage", ["sync", "sync_trunk"])
+def test_sync_stages_train_only_the_mouth_pathway(records, tmp_path, stage):
+  config = tiny_config(records, 1, **{"train.stage": stage})
+  init = train.initial_state(config, *_networks(records))
+  state = train.train_and_evaluate(config, str(tmp_path))
+
+  def changed(network, part=None):
+    old, new = init.g_params[network], state.g_params[network]
+    if part is not None:
+      old, new = old[part], new[part]
+    return any(not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new)))
+
+  assert changed("audio_encoder") and changed("nonidentity_encoder", "to_mouth")
+  # Only 'sync_trunk' lets the contrastive loss reach E_n's trunk.
+  assert changed("nonidentity_encoder", "fan") == (stage == "sync_trunk")
+  assert not changed("nonidentity_encoder", "to_headpose")
+  assert not changed("generator") and not changed("identity_encoder")
+
+
+@pytest.mark.slow  # ~6 min on 2 cores: six train-step compiles (identity and full, three runs)
+def test_stage_schedule_switches_and_resumes_across_the_boundary(records, tmp_path):
+  """identity for 2 steps, then full: E_i alone trains first; a run stopped at the boundary and
+  resumed ends with the parameters of an uninterrupted run."""
+  staged = dict(**{"train.schedule": "identity:2,full"})
+  init = train.initial_state(tiny_config(records, 3), *_networks(records))
+  whole = train.train_and_evaluate(tiny_config(records, 3, **staged), str(tmp_path / "whole"))
+  half = train.train_and_evaluate(tiny_config(records, 2, **staged), str(tmp_path / "split"))
+  resumed = train.train_and_evaluate(tiny_config(records, 3, **staged), str(tmp_path / "split"))
+  rows = history(tmp_path / "whole")
+  assert [("d_loss" in r) for r in rows] == [False, False, True]
+  assert "identity_ce" in rows[0] and "sync_l1" not in rows[0] and "sync_l1" in rows[2]
+  for network in init.g_params:
+    same = jax.tree.leaves(jax.tree.map(
+        lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
+        init.g_params[network], half.g_params[network]))
+    assert all(same) != (network == "identity_encoder"), network
+  for a, b in zip(jax.tree.leaves(whole.g_params), jax.tree.leaves(resumed.g_params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice")  # barely trained: little to analyse
+def test_synthtalk_curve_scores_every_kept_checkpoint(runs, tmp_path):
+  from pcavs_jax.data.synthtalk import eval_sets
+  from data_pipeline.synthtalk import generate as st_generate
+  from pcavs_jax.evaluate import mechanisms
+  clips = list(st_generate.generate_clips(0, [0, 1, 2], 1, 12, 64))
+  es_path = eval_sets.save_eval_set(eval_sets.build_eval_set(clips, 2),
+                                      tmp_path / "cross_driven" / "eval_set.npz")
+  rows = mechanisms.evaluate_steps(str(runs["whole"]), str(es_path), batch_size=4)
+  assert [r["step"] for r in rows] == [2, 4]
+  latest = mechanisms.evaluate_checkpoint(str(runs["whole"]), str(es_path), batch_size=4)
+  assert rows[-1]["ssim"] == latest["model"]["ssim"]
+  assert rows[0]["ssim"] != rows[1]["ssim"]  # different parameters, different frames
+  assert set(latest["generated"]) == {"x000", "x001"}
+  assert latest["generated"]["x000"].shape == (12, 64, 64, 3)
+  assert all({"mouth_ratio", "pose_ratio", "lag"} <= set(r) for r in rows)
+  assert "mouth_ratio" in mechanisms.curve_table(rows)
+  from pcavs_jax.checkpoint import load_checkpoint
+  model, variables = load_checkpoint(str(runs["whole"]))
+  probe = mechanisms.probe_codes(model, variables, eval_sets.load_eval_set(es_path))
+  assert set(probe["pose_code_r2"]) == set(mechanisms.POSE_KEYS) | {"mouth_open"}
+  assert all(v <= 1.0 for row in ("pose_code_r2", "mouth_feature_r2")
+             for v in probe[row].values())
+  assert all(np.isnan(v) or -1.0 <= v <= 1.0 for row in ("follows_pose_source", "follows_reference")
+             for v in probe[row].values())
+
+
+def test_mouth_l1_term_weights_only_the_mouth_box():
+  from pcavs_jax.train import losses as loss_fns
+  from pcavs_jax.train import steps as train_steps
+  config = get_config("variant=tiny")
+  config.loss.mouth_l1 = 4.0
+  b, r = 2, 16
+  rng = np.random.default_rng(0)
+  target = jax.numpy.asarray(rng.uniform(-1, 1, (b, r, r, 3)).astype(np.float32))
+  fake = jax.numpy.asarray(rng.uniform(-1, 1, (b, r, r, 3)).astype(np.float32))
+  d_out = [[jax.numpy.zeros((3 * b, 2, 2, 1))]]     # one D scale holding only logits
+
+  def mouth_terms(fake_visual):
+    outputs = {"fake_visual": fake_visual, "fake_audio": fake}
+    _, terms = train_steps._g_losses(outputs, d_out, {"target": target}, config.loss, None)
+    return terms["mouth_l1_visual"], terms
+
+  (value, terms), grad = jax.value_and_grad(mouth_terms, has_aux=True)(fake)
+  np.testing.assert_allclose(
+      value, 4.0 * loss_fns.box_l1_loss(fake, target, config.loss.mouth_box), rtol=1e-6)
+  assert "mouth_l1_audio" in terms
+  top, bottom, left, right = (int(round(f * r)) for f in config.loss.mouth_box)
+  mask = np.zeros((r, r), bool)
+  mask[top:bottom, left:right] = True
+  grad = np.abs(np.asarray(grad)).sum(axis=(0, 3))
+  assert np.all(grad[mask] > 0) and np.all(grad[~mask] == 0)
+
+
+def test_a_rerun_reads_every_compiled_program_from_the_persistent_cache(records, tmp_path):
+  """A first run (in a fresh process: JAX sets its cache folder once per process) fills the
+  cache folder, the train step compiled in the background among its programs; a second run
+  with a new workdir compiles nothing new."""
+  cache = tmp_path / "xla_cache"
+
+  def run(name):
+    script = (f"import sys; sys.path.insert(0, {str(REPO)!r}); "
+              f"sys.path.insert(0, {str(pathlib.Path(__file__).parents[1])!r})\n"
+              "from test_train import tiny_config\n"
+              "from absl import logging; logging.set_verbosity('info')\n"
+              "from pcavs_jax import train\n"
+              f"c = tiny_config({records!r}, 2, compilation_cache_dir={str(cache)!r}, "
+              "**{'train.stage': 'identity'})\n"
+              f"train.train_and_evaluate(c, {str(tmp_path / name)!r})\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "first step done" in proc.stderr
+    return {p.name: p.stat().st_size for p in cache.iterdir()}
+
+  first = run("first")
+  assert len(first) > 10 and max(first.values()) > 100_000, first   # the step is the largest
+  second = run("second")
+  assert second == first
