@@ -17,7 +17,9 @@ import optax
 from jax import lax
 
 from pcavs_jax.train import losses
-from pcavs_jax.train.state import GANTrainState, STAGE_TRAINABLE
+from pcavs_jax.train.optimizers import STAGE_TRAINABLE
+from pcavs_jax.train.stages import GNetworks
+from pcavs_jax.train.state import GANTrainState, gradient_norms
 
 Batch = dict[str, jax.Array]
 AXIS = "batch"
@@ -195,36 +197,40 @@ def train_step(state: GANTrainState, batch: Batch, *, model, discriminator, conf
       state.g_params, state.batch_stats["g"], batch, g_rng, model=model, stage=stage,
       noise_injection=config.train.get("noise_injection", True))
   metrics: dict[str, jax.Array] = {}
-  d_params, d_stats, d_opt_state = state.d_params, state.batch_stats["d"], state.d_opt_state
+  new_state, d_stats = state, state.batch_stats["d"]
 
   if "fake_visual" in outputs:
     d_loss, d_terms, d_grads, d_stats = discriminator_loss_and_grads(
-        d_params, d_stats, outputs, batch, discriminator=discriminator, gan_weight=config.loss.gan)
+        state.d_params, d_stats, outputs, batch, discriminator=discriminator,
+        gan_weight=config.loss.gan)
     d_grads = lax.pmean(d_grads, AXIS)
-    updates, d_opt_state = state.d_tx.update(d_grads, d_opt_state, d_params)
-    d_params = optax.apply_updates(d_params, updates)
-    metrics.update(d_terms, d_loss=d_loss, grad_norm_discriminator=optax.global_norm(d_grads))
+    new_state = new_state.apply_d_gradients(d_grads)
+    metrics.update(d_terms, d_loss=d_loss)
+    metrics.update(_prefixed("grad_norm_", gradient_norms({"discriminator": d_grads})))
 
   g_loss, g_terms, g_grads = generator_side_loss_and_grads(
-      outputs, g_vjp, batch, d_params, d_stats, discriminator=discriminator,
+      outputs, g_vjp, batch, new_state.d_params, d_stats, discriminator=discriminator,
       loss_config=config.loss, vgg_params=vgg_params)
   g_grads = lax.pmean(g_grads, AXIS)
-  updates, g_opt_state = state.g_tx.update(g_grads, state.g_opt_state, state.g_params)
-  g_params = optax.apply_updates(state.g_params, updates)
-  g_stats = _merge_stats(state.batch_stats["g"], g_stats)
+  new_state = new_state.apply_g_gradients(g_grads)
   metrics.update(g_terms, g_loss=g_loss)
-  metrics.update({f"grad_norm_{k}": optax.global_norm(v) for k, v in g_grads.items()
-                  if k in _trained_networks(stage)})
-  metrics.update(param_norm_generator_side=optax.global_norm(g_params),
-                 param_norm_discriminator=optax.global_norm(d_params))
+  trained = _trained_networks(stage)
+  metrics.update(_prefixed("grad_norm_", {k: v for k, v in gradient_norms(g_grads).items()
+                                          if k in trained}))
+  metrics.update(param_norm_generator_side=optax.global_norm(new_state.g_params),
+                 param_norm_discriminator=optax.global_norm(new_state.d_params))
   metrics = lax.pmean(metrics, AXIS)
   # Losses, gradient norms and the updated parameters' norms: a state is only saved when all
   # of them are finite.
   metrics["all_finite"] = jnp.all(jnp.stack([jnp.isfinite(v) for v in metrics.values()]))
-  new_state = state.replace(step=state.step + 1, g_params=g_params, d_params=d_params,
-                            g_opt_state=g_opt_state, d_opt_state=d_opt_state,
-                            batch_stats={"g": g_stats, "d": d_stats}).update_ema(state.step)
+  g_stats = _merge_stats(state.batch_stats["g"], g_stats)
+  new_state = new_state.replace(step=state.step + 1, batch_stats={"g": g_stats, "d": d_stats}
+                                ).update_ema(state.step)
   return new_state, metrics
+
+
+def _prefixed(prefix: str, values: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  return {prefix + k: v for k, v in values.items()}
 
 
 def _merge_stats(old, new):
@@ -237,9 +243,8 @@ def _merge_stats(old, new):
 def _trained_networks(stage: str) -> tuple[str, ...]:
   patterns = STAGE_TRAINABLE[stage]
   if patterns is None:
-    return ("identity_encoder", "nonidentity_encoder", "audio_encoder", "generator")
+    return GNetworks
   return tuple(sorted({p[0] for p in patterns}))
-
 
 
 def sample_step(g_params, batch_stats, batch: Batch, *, model) -> dict[str, jax.Array]:

@@ -24,8 +24,9 @@ from flax import jax_utils
 
 from pcavs_jax.train import steps as train_steps
 from pcavs_jax.models.pcavs import build_discriminator, build_model
-from pcavs_jax.train.state import (GANTrainState, create_train_state, learning_rate_schedules,
-                                   stage_at, stage_first_step, stage_schedule)
+from pcavs_jax.train.optimizers import learning_rate_schedules
+from pcavs_jax.train.stages import stage_at, stage_first_step, stage_schedule
+from pcavs_jax.train.state import GANTrainState, create_train_state
 
 from pcavs_jax.checkpoint import TRAIN_CHECKPOINT_DIR as CHECKPOINT_DIR
 

@@ -54,7 +54,7 @@ def test_a_wrong_gradient_is_caught(report, parity_dir):
 def test_the_converter_map_is_traced_exactly(report, official_weights, parity_dir):
   """Every official element of a network lands in exactly one parameter element, and mapping the
   converted weights back gives the official tensors."""
-  from configs.default import model_config
+  from pcavs_jax.models.config import model_config
   fixture = dict(np.load(parity_dir / "official_grads.npz"))
   sd = official_weights.state_dict("A_sync")
   keys = report.parameter_keys(fixture, "A_sync", sd)

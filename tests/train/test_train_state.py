@@ -6,11 +6,13 @@ import numpy as np
 import optax
 import pytest
 
+from pcavs_jax.train import optimizers
+from pcavs_jax.train import stages
 from pcavs_jax.train import state as ts
 
 
 def _config(**overrides):
-  t = ts.train_config()
+  t = optimizers.train_config()
   t.decay_start_step, t.decay_end_step = 10, 20
   t.update(overrides)
   return t
@@ -113,10 +115,10 @@ def test_moving_average_of_the_generator_side():
 
 def test_unknown_stage_network_or_path_is_rejected():
   with pytest.raises(ValueError, match="unknown stage"):
-    ts.make_optimizers(_config(), "pretrain")
+    optimizers.make_optimizers(_config(), "pretrain")
   with pytest.raises(ValueError, match="amsgrad_form"):
-    ts.make_optimizers(_config(amsgrad_form="keras"), "full")
-  optax_form = ts.make_optimizers(_config(amsgrad_form="optax"), "full")["generator"]
+    optimizers.make_optimizers(_config(amsgrad_form="keras"), "full")
+  optax_form = optimizers.make_optimizers(_config(amsgrad_form="optax"), "full")["generator"]
   assert _find_states(optax_form.init({"w": jnp.zeros(2)}), optax.ScaleByAmsgradState)
   with pytest.raises(ValueError, match="keyed by networks"):
     ts.create_train_state({"netG": {}}, _d_params(), None, _config(), "full")
@@ -127,16 +129,16 @@ def test_unknown_stage_network_or_path_is_rejected():
 
 
 def test_learning_rate_schedules_ttur_and_linear_decay():
-  sched = ts.learning_rate_schedules(_config(lr=1e-3, final_lr_fraction=0.0))
+  sched = optimizers.learning_rate_schedules(_config(lr=1e-3, final_lr_fraction=0.0))
   g, d = sched["generator"], sched["discriminator"]
   for step, frac in [(0, 1.0), (10, 1.0), (15, 0.5), (20, 0.0), (30, 0.0)]:
     assert float(g(step)) == pytest.approx(5e-4 * frac, rel=1e-6, abs=1e-12)
     assert float(d(step)) == pytest.approx(2e-3 * frac, rel=1e-6, abs=1e-12)
-  flat = ts.learning_rate_schedules(_config(ttur=False, decay_start_step=5, decay_end_step=0))
+  flat = optimizers.learning_rate_schedules(_config(ttur=False, decay_start_step=5, decay_end_step=0))
   assert float(flat["generator"](1000)) == pytest.approx(1e-3)
   # The whole config works too (reads config.train).
   whole = ml_collections.ConfigDict({"train": _config()})
-  assert float(ts.learning_rate_schedules(whole)["generator"](0)) == pytest.approx(5e-4)
+  assert float(optimizers.learning_rate_schedules(whole)["generator"](0)) == pytest.approx(5e-4)
 
 
 def _find_states(tree, cls):
@@ -153,7 +155,7 @@ def test_generator_side_uses_amsgrad_and_discriminator_adam():
   # One big gradient, then small ones: AMSGrad keeps the largest second moment (small steps),
   # Adam (beta1 0, beta2 0.9) forgets it within a few steps.
   x = {"w": jnp.zeros(())}
-  txs = ts.make_optimizers(_config(decay_start_step=0, decay_end_step=0), "full")
+  txs = optimizers.make_optimizers(_config(decay_start_step=0, decay_end_step=0), "full")
   g_state, d_state = txs["generator"].init(x), txs["discriminator"].init(x)
   for g in [100.0] + [1.0] * 60:
     grad = {"w": jnp.asarray(g)}
@@ -174,7 +176,7 @@ def test_optimisers_match_torch(side):
   w = torch.zeros(5, requires_grad=True)
   lr = 5e-4 if side == "generator" else 2e-3
   opt = torch.optim.Adam([w], lr=lr, betas=(0.0, 0.9), amsgrad=side == "generator")
-  tx = ts.make_optimizers(_config(decay_start_step=0, decay_end_step=0), "full")[side]
+  tx = optimizers.make_optimizers(_config(decay_start_step=0, decay_end_step=0), "full")[side]
   x = jnp.zeros(5)
   state = tx.init(x)
   update = jax.jit(tx.update)
@@ -189,31 +191,10 @@ def test_optimisers_match_torch(side):
 def test_gradient_norms_per_network():
   grads = jax.tree.map(jnp.ones_like, _g_params())
   norms = ts.gradient_norms(grads)
-  assert set(norms) == set(ts.GNetworks)
+  assert set(norms) == set(stages.GNetworks)
   # generator: one 2x2 kernel and one bias of ones -> sqrt(6)
   assert float(norms["generator"]) == pytest.approx(np.sqrt(6.0))
   assert float(norms["nonidentity_encoder"]) == pytest.approx(np.sqrt(24.0))
-
-
-def test_stage_schedule_parsing():
-  cfg = ts.train_config()
-  assert ts.stage_schedule(cfg) == [("full", 0)]
-  cfg.stage = "sync"
-  assert ts.stage_schedule(cfg) == [("sync", 0)]
-  cfg.schedule = "identity:1000, sync:500, full"
-  schedule = ts.stage_schedule(cfg)
-  assert schedule == [("identity", 0), ("sync", 1000), ("full", 1500)]
-  assert [ts.stage_at(schedule, s) for s in (0, 999, 1000, 1499, 1500, 10**6)] == [
-      "identity", "identity", "sync", "sync", "full", "full"]
-  assert [ts.stage_first_step(schedule, s) for s in (0, 999, 1000, 1499, 1500, 10**6)] == [
-      0, 0, 1000, 1000, 1500, 1500]
-  for bad, match in (("identity:10,gan", "unknown stage 'gan'"),
-                     ("identity,full", "needs a positive step count"),
-                     ("identity:0,full", "needs a positive step count"),
-                     ("identity:10,full:5", "last stage runs to the end")):
-    cfg.schedule = bad
-    with pytest.raises(ValueError, match=match):
-      ts.stage_schedule(cfg)
 
 
 @pytest.mark.parametrize("amsgrad", [True, False])
@@ -221,10 +202,10 @@ def test_a_later_stage_follows_the_runs_learning_rate(amsgrad):
   """A stage's optimisers start counting at 0, but apply the rate of the run's step."""
   config = _config(lr=1e-3, ttur=False, amsgrad=amsgrad, decay_start_step=100,
                    decay_end_step=200, final_lr_fraction=0.0)
-  rates = ts.learning_rate_schedules(config)
+  rates = optimizers.learning_rate_schedules(config)
   x = {"w": jnp.zeros(())}
   for first_step in (0, 120, 150, 250):
-    txs = ts.make_optimizers(config, "full", first_step=first_step)
+    txs = optimizers.make_optimizers(config, "full", first_step=first_step)
     for side, tx in txs.items():
       state = tx.init(x)
       for k in range(3):   # beta1 0: each step moves by the rate times sign(gradient)
