@@ -9,7 +9,8 @@ import functools
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from pcavs_jax.data.clips import MEL_HOPS_PER_FRAME, SAMPLE_RATE, SAMPLES_PER_FRAME
+
 N_FFT = 1280
 HOP = 160
 NUM_MELS = 80
@@ -18,7 +19,6 @@ FMAX = 7600.0
 MIN_LEVEL_DB = -100.0
 REF_LEVEL_DB = 20.0
 TARGET_RMS = 0.1
-HOPS_PER_FRAME = 4      # 25 fps video: 640 samples per frame = 4 hops
 WINDOW_FRAMES = 5       # a mel window spans 5 video frames = 20 hops
 
 
@@ -84,7 +84,7 @@ def melspectrogram(wav: np.ndarray, normalise_rms: bool = True) -> np.ndarray:
 
 def num_video_frames(num_samples: int) -> int:
   """Video frames at 25 fps covered by `num_samples` of 16 kHz audio."""
-  return num_samples // (SAMPLE_RATE // 25)
+  return num_samples // SAMPLES_PER_FRAME
 
 
 def mel_windows(mel: np.ndarray, frames: np.ndarray | int) -> np.ndarray:
@@ -101,6 +101,6 @@ def mel_windows(mel: np.ndarray, frames: np.ndarray | int) -> np.ndarray:
     frames.shape + (80, 20).
   """
   frames = np.arange(frames) if isinstance(frames, (int, np.integer)) else np.asarray(frames)
-  start = HOPS_PER_FRAME * (frames - 2)
-  idx = start[..., None] + np.arange(HOPS_PER_FRAME * WINDOW_FRAMES)
+  start = MEL_HOPS_PER_FRAME * (frames - 2)
+  idx = start[..., None] + np.arange(MEL_HOPS_PER_FRAME * WINDOW_FRAMES)
   return np.swapaxes(mel[np.clip(idx, 0, mel.shape[0] - 1)], -1, -2)

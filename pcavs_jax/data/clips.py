@@ -12,9 +12,11 @@ import dataclasses
 
 import numpy as np
 
-FPS = 25
-SAMPLE_RATE = 16000
-MEL_HOPS_PER_FRAME = 4
+# The project's clock: every module reads these (one definition each).
+FPS = 25                                  # video frames per second
+SAMPLE_RATE = 16000                       # audio samples per second
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS    # 640 audio samples per video frame
+MEL_HOPS_PER_FRAME = 4                    # 160-sample mel hops per video frame (DESIGN.md §4)
 
 
 @dataclasses.dataclass

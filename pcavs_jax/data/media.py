@@ -1,9 +1,10 @@
 """Media I/O shared by preprocessing and inference: images, 25 fps video, 16 kHz audio, mp4 out.
 
 Every reader checks its input and raises `InputError` (a `ValueError`) whose message names the
-file and the problem, so a batch job can record the reason and move on. Video and audio are
-decoded with the ffmpeg binary that `imageio-ffmpeg` ships (h264 and AAC included), so nothing
-beyond the Python requirements is needed.
+file and the problem, so a batch job can record the reason and move on. Video and audio go
+through the ffmpeg binary that `imageio-ffmpeg` ships (h264 and AAC included): headers with its
+`read_frames` metadata, mp4 writing with its `write_frames`; decoding runs ffmpeg directly, as
+its log tells a damaged file from a short one.
 """
 from __future__ import annotations
 
@@ -14,18 +15,15 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 
-FPS = 25
-SAMPLE_RATE = 16000
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
+from pcavs_jax.data.clips import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME  # noqa: F401 (re-exported)
+
 MAX_IMAGE_SIDE = 2048          # larger images are downscaled on load
 SILENCE_PEAK = 1e-4            # peak below this (-80 dBFS) counts as silent
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv")
-AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus")
 _SOUNDFILE_EXTS = (".wav", ".flac", ".ogg")
 _FFMPEG_TIMEOUT_S = 600
 
@@ -69,9 +67,7 @@ def _check_file(path: PathLike, what: str) -> pathlib.Path:
   return p
 
 
-# ----------------------------------------------------------------------------------------------
-# Images
-# ----------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------- Images
 
 
 def to_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -117,15 +113,18 @@ def to_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
   return np.round(f * 255.0).astype(np.uint8)
 
 
-def resize_max_side(image: np.ndarray, max_side: int) -> np.ndarray:
-  """Downscales (area filter) so that the longer side is at most `max_side`; never upscales."""
+def resize(images: np.ndarray, height: int, width: int) -> np.ndarray:
+  """An (H, W, C) image or (T, H, W, C) frames resized to (height, width): area averaging to
+  shrink, bilinear to grow; returned as is when already that size. The project's one resize."""
   import cv2
-  h, w = image.shape[:2]
-  if max(h, w) <= max_side:
-    return image
-  s = max_side / max(h, w)
-  size = (max(1, round(w * s)), max(1, round(h * s)))
-  return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+  a = np.asarray(images)
+  if a.shape[-3:-1] == (height, width):
+    return a
+  interp = cv2.INTER_AREA if a.shape[-3] > height else cv2.INTER_LINEAR
+  if a.ndim == 3:
+    return cv2.resize(np.ascontiguousarray(a), (width, height), interpolation=interp)
+  return np.stack([cv2.resize(np.ascontiguousarray(f), (width, height), interpolation=interp)
+                   for f in a])
 
 
 def read_image(path: PathLike, max_side: int | None = MAX_IMAGE_SIDE) -> np.ndarray:
@@ -158,8 +157,10 @@ def read_image(path: PathLike, max_side: int | None = MAX_IMAGE_SIDE) -> np.ndar
     raise InputError(p, f"not a readable image (corrupt or unsupported format: {e})",
                      "corrupt") from None
   image = to_rgb_uint8(array, str(p))
-  if max_side is not None:
-    image = resize_max_side(image, max_side)
+  h, w = image.shape[:2]
+  if max_side is not None and max(h, w) > max_side:
+    s = max_side / max(h, w)
+    image = resize(image, max(1, round(h * s)), max(1, round(w * s)))
   return image
 
 
@@ -170,20 +171,14 @@ def write_image(path: PathLike, image: np.ndarray) -> None:
   Image.fromarray(to_rgb_uint8(image)).save(path)
 
 
-# ----------------------------------------------------------------------------------------------
-# ffmpeg helpers
-# ----------------------------------------------------------------------------------------------
-
-
-def ffmpeg_exe() -> str:
-  """The ffmpeg binary bundled with imageio-ffmpeg."""
-  import imageio_ffmpeg
-  return imageio_ffmpeg.get_ffmpeg_exe()
+# ------------------------------------------------------------------------------- ffmpeg helpers
 
 
 def _run_ffmpeg(args: list[str], path: PathLike, timeout: float = _FFMPEG_TIMEOUT_S
                 ) -> subprocess.CompletedProcess:
-  cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin"] + args
+  """Runs the ffmpeg binary bundled with imageio-ffmpeg, its output and log captured."""
+  import imageio_ffmpeg
+  cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin"] + args
   try:
     return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
                           check=False)
@@ -203,9 +198,9 @@ def _ffmpeg_log(result, p, what: str, missing: str, missing_kind: str) -> str:
   return text
 
 
-def _ffmpeg_problem(stderr: bytes) -> str:
+def _ffmpeg_problem(log: bytes | str) -> str:
   """The most telling line of an ffmpeg error log, for messages."""
-  text = stderr.decode("utf-8", "replace")
+  text = log if isinstance(log, str) else log.decode("utf-8", "replace")
   lines = [l.strip() for l in text.splitlines() if l.strip() and not l.startswith("Input #")]
   for key in ("moov atom not found", "Invalid data found", "partial file", "corrupt",
               "Could not find codec", "Invalid NAL", "Invalid argument", "error", "Error"):
@@ -231,72 +226,58 @@ def _damage(result: subprocess.CompletedProcess) -> str | None:
 
 @dataclasses.dataclass
 class MediaInfo:
-  """What ffmpeg reports about a media file (first video and audio streams)."""
+  """What a media file's header says (first video and audio streams)."""
   duration: float | None
   has_video: bool
   has_audio: bool
   width: int | None = None
   height: int | None = None
   fps: float | None = None
-  sample_rate: int | None = None
-  channels: str | None = None
   video_codec: str | None = None
   audio_codec: str | None = None
 
 
 def probe(path: PathLike) -> MediaInfo:
-  """Reads a media file's header with ffmpeg.
+  """Reads a media file's header: imageio-ffmpeg's `read_frames` metadata.
 
   Raises:
     InputError: missing, empty or unreadable (corrupt) file.
   """
+  import imageio_ffmpeg
   p = _check_file(path, "media")
-  result = _run_ffmpeg(["-i", str(p)], p, timeout=60)  # no output: ffmpeg prints the header, rc 1
-  text = result.stderr.decode("utf-8", "replace")
-  if "Input #0" not in text:
-    raise InputError(p, f"corrupt or unsupported media file ({_ffmpeg_problem(result.stderr)})",
-                     "corrupt")
-  info = MediaInfo(duration=None, has_video=False, has_audio=False)
-  m = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", text)
-  if m:
-    info.duration = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
-  for line in text.splitlines():
-    if "Stream #0:" not in line:
-      continue
-    if ": Video:" in line and not info.has_video and "attached pic" not in line:
-      info.has_video = True
-      info.video_codec = line.split(": Video:")[1].split()[0].strip(",")
-      if (m := re.search(r", (\d{2,5})x(\d{2,5})", line)):
-        info.width, info.height = int(m.group(1)), int(m.group(2))
-      if (m := re.search(r"([\d.]+) fps", line)):
-        info.fps = float(m.group(1))
-    elif ": Audio:" in line and not info.has_audio:
-      info.has_audio = True
-      info.audio_codec = line.split(": Audio:")[1].split()[0].strip(",")
-      if (m := re.search(r"(\d+) Hz", line)):
-        info.sample_rate = int(m.group(1))
-      if (m := re.search(r"Hz, ([^,]+)", line)):
-        info.channels = m.group(1).strip()
-  return info
+  reader = imageio_ffmpeg.read_frames(str(p))
+  try:
+    meta = next(reader)
+  except OSError as e:  # no metadata: not a media file, or one without a video stream
+    text = str(e)
+    if "Input #0" not in text:
+      raise InputError(p, f"corrupt or unsupported media file ({_ffmpeg_problem(text)})",
+                       "corrupt") from None
+    audio = re.search(r"Stream #0:\S* Audio: (\w+)", text)
+    return MediaInfo(duration=None, has_video=False, has_audio=audio is not None,
+                     audio_codec=audio and audio.group(1))
+  finally:
+    reader.close()
+  width, height = meta["size"]
+  return MediaInfo(duration=meta["duration"] or None, has_video=True,
+                   has_audio="audio_codec" in meta, width=width, height=height,
+                   fps=meta["fps"] or None, video_codec=meta["codec"],
+                   audio_codec=meta.get("audio_codec"))
 
 
-# ----------------------------------------------------------------------------------------------
-# Video
-# ----------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------- Video
 
 
 def read_video(path: PathLike, fps: float | None = FPS, max_side: int | None = None,
                max_frames: int | None = None) -> np.ndarray:
-  """Decodes a video's frames, resampled to `fps` by timestamp (ffmpeg's fps filter).
+  """Decodes a video's frames as (T, H, W, 3) uint8 RGB, T >= 1.
 
   Args:
     path: video file.
-    fps: output frame rate (frames dropped or repeated as ffmpeg -r does); None keeps the source's.
+    fps: output frame rate (frames dropped or repeated by timestamp, ffmpeg's fps filter); None
+      keeps the source's.
     max_side: if given, frames are downscaled so that their longer side is at most this.
     max_frames: if given, decode at most this many (output) frames.
-
-  Returns:
-    (T, H, W, 3) uint8 RGB frames, T >= 1.
 
   Raises:
     InputError: missing or empty file, corrupt container, no video stream, no decodable frame.
@@ -331,55 +312,55 @@ def read_video(path: PathLike, fps: float | None = FPS, max_side: int | None = N
   if n == 0:
     raise InputError(p, "video has no frames", "no_video")
   data = bytearray(result.stdout)  # a writable buffer, so callers may draw on the frames
-  del result
   return np.frombuffer(data, np.uint8, count=n * h * w * 3).reshape(n, h, w, 3)
 
 
 class VideoWriter:
-  """Streams RGB frames into an h264 mp4, optionally muxing a mono waveform as AAC.
+  """Streams RGB frames into an h264 mp4 (imageio-ffmpeg's `write_frames`), optionally with a mono
+  waveform muxed as AAC.
 
-  Frames of odd size are edge-padded to even sizes (yuv420p needs them). Use as a context
-  manager, or call `close()`; the audio is muxed at close, cut to the video's length.
+  The file appears at `path` only when `close()` succeeds (it is written to a hidden temporary
+  file in the same folder, then renamed). Frames of odd size are edge-padded to even sizes
+  (yuv420p needs them). The audio is cut to the video's length.
   """
 
   def __init__(self, path: PathLike, fps: float = FPS, audio: np.ndarray | None = None,
                sample_rate: int = SAMPLE_RATE, crf: int = 18, preset: str = "medium"):
-    self.path = pathlib.Path(path)
-    self.fps = fps
+    self.path, self.fps, self.sample_rate = pathlib.Path(path), fps, sample_rate
     self.audio = None if audio is None else np.asarray(audio, np.float32).reshape(-1)
-    self.sample_rate = sample_rate
-    self.crf = crf
-    self.preset = preset
+    self.crf, self.preset = crf, preset
     self.num_frames = 0
-    self._proc: subprocess.Popen | None = None
+    self._gen = None
     self._size: tuple[int, int] | None = None
-    self._tmp: tempfile.TemporaryDirectory | None = None
-    self._stderr: Any = None
+    self._tmp_dir: tempfile.TemporaryDirectory | None = None
+    self._partial = self.path.with_name(f".{self.path.stem}.partial-{os.getpid()}-{id(self):x}"
+                                        f"{self.path.suffix}")
 
   def _start(self, h: int, w: int) -> None:
+    import imageio_ffmpeg
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self._size = (h, w)
-    self._tmp = tempfile.TemporaryDirectory(prefix="pcavs_mux_")
-    args = ["-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-            "-s", f"{w + w % 2}x{h + h % 2}", "-r", f"{self.fps:g}", "-i", "-"]
+    audio_path, output_params = None, []
     if self.audio is not None:
       import soundfile
-      wav = os.path.join(self._tmp.name, "audio.wav")
-      soundfile.write(wav, np.clip(self.audio, -1.0, 1.0), self.sample_rate, subtype="PCM_16")
-      args += ["-i", wav, "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", "128k",
-               "-shortest"]
-    args += ["-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf),
-             "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(self.path)]
-    self._stderr = tempfile.TemporaryFile()
-    self._proc = subprocess.Popen([ffmpeg_exe(), "-hide_banner", "-nostdin"] + args,
-                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                  stderr=self._stderr)
+      self._tmp_dir = tempfile.TemporaryDirectory(prefix="pcavs_mux_")
+      audio_path = os.path.join(self._tmp_dir.name, "audio.wav")
+      soundfile.write(audio_path, np.clip(self.audio, -1.0, 1.0), self.sample_rate,
+                      subtype="PCM_16")
+      output_params += ["-b:a", "128k", "-shortest"]
+    output_params += ["-preset", self.preset, "-crf", str(self.crf), "-movflags", "+faststart"]
+    self._gen = imageio_ffmpeg.write_frames(
+        str(self._partial), (w + w % 2, h + h % 2), fps=self.fps, codec="libx264",
+        pix_fmt_out="yuv420p", quality=None, macro_block_size=2, ffmpeg_log_level="error",
+        output_params=output_params, audio_path=audio_path,
+        audio_codec=None if audio_path is None else "aac")
+    self._gen.send(None)
 
   def write(self, frame: np.ndarray) -> None:
     """Appends one (H, W, 3) frame (uint8, or float in [0, 1])."""
     frame = to_rgb_uint8(frame, "frame")
     h, w = frame.shape[:2]
-    if self._proc is None:
+    if self._gen is None:
       self._start(h, w)
     elif (h, w) != self._size:
       raise ValueError(f"{self.path}: frame size {h}x{w} differs from the first frame's "
@@ -387,37 +368,40 @@ class VideoWriter:
     if h % 2 or w % 2:
       frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
     try:
-      self._proc.stdin.write(np.ascontiguousarray(frame).tobytes())
-    except BrokenPipeError:
-      self._fail()
+      self._gen.send(np.ascontiguousarray(frame))
+    except OSError as e:
+      self.abort()
+      raise RuntimeError(f"{self.path}: ffmpeg failed to write the video "
+                         f"({str(e).splitlines()[0]})") from None
     self.num_frames += 1
 
-  def _fail(self) -> None:
-    self._stderr.seek(0)
-    log = self._stderr.read().decode("utf-8", "replace").strip()
-    self._cleanup()
-    raise RuntimeError(f"{self.path}: ffmpeg failed to write the video: {log[-2000:]}")
-
-  def _cleanup(self) -> None:
-    if self._tmp is not None:
-      self._tmp.cleanup()
-      self._tmp = None
-    if self._stderr is not None:
-      self._stderr.close()
-      self._stderr = None
-
   def close(self) -> None:
-    """Finishes the file; raises ValueError if no frame was written."""
-    if self._proc is None:
+    """Finishes the file and moves it into place; raises ValueError if no frame was written."""
+    if self._gen is None:
       raise ValueError(f"{self.path}: no frames to write")
-    try:
-      self._proc.stdin.close()
-    except BrokenPipeError:
-      pass
-    if self._proc.wait() != 0:
-      self._fail()
-    self._proc = None
-    self._cleanup()
+    self._gen.close()   # ffmpeg finishes the file and exits
+    self._gen = None
+    self._remove_audio()
+    if not self._partial.is_file() or self._partial.stat().st_size == 0:
+      self._partial.unlink(missing_ok=True)
+      raise RuntimeError(f"{self.path}: ffmpeg failed to write the video")
+    os.replace(self._partial, self.path)
+
+  def abort(self) -> None:
+    """Stops ffmpeg and removes the partial file; `path` is left as it was."""
+    if self._gen is not None:
+      try:
+        self._gen.throw(KeyboardInterrupt)   # imageio-ffmpeg kills ffmpeg without waiting
+      except KeyboardInterrupt:
+        pass
+      self._gen = None
+    self._remove_audio()
+    self._partial.unlink(missing_ok=True)
+
+  def _remove_audio(self) -> None:
+    if self._tmp_dir is not None:
+      self._tmp_dir.cleanup()
+      self._tmp_dir = None
 
   def __enter__(self) -> "VideoWriter":
     return self
@@ -425,25 +409,15 @@ class VideoWriter:
   def __exit__(self, exc_type, exc, tb) -> None:
     if exc_type is None:
       self.close()
-    elif self._proc is not None:
-      self._proc.kill()
-      self._proc.wait()
-      self._proc = None
-      self._cleanup()
+    else:
+      self.abort()
 
 
 def write_video(path: PathLike, frames: Iterable[np.ndarray], fps: float = FPS,
                 audio: np.ndarray | None = None, sample_rate: int = SAMPLE_RATE,
                 crf: int = 18) -> int:
-  """Writes frames (an array (T, H, W, 3) or any iterable of frames) as h264 mp4 with AAC audio.
-
-  Args:
-    path: output .mp4.
-    frames: RGB frames, uint8 or float in [0, 1].
-    fps: frame rate.
-    audio: optional mono waveform in [-1, 1]; muxed as AAC and cut to the video's length.
-    sample_rate: the audio's sample rate.
-    crf: x264 quality (lower is better; 18 is visually lossless).
+  """Writes RGB frames (uint8, or float in [0, 1]; an array or any iterable) as an h264 mp4,
+  atomically, with `audio` (mono, [-1, 1]) as AAC; `crf` 18 is visually lossless.
 
   Returns:
     the number of frames written.
@@ -454,9 +428,7 @@ def write_video(path: PathLike, frames: Iterable[np.ndarray], fps: float = FPS,
   return writer.num_frames
 
 
-# ----------------------------------------------------------------------------------------------
-# Audio
-# ----------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------- Audio
 
 
 def resample(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

@@ -152,6 +152,8 @@ def test_probe(files):
   assert not media.probe(files["video_only"]).has_audio
   with pytest.raises(InputError, match="corrupt"):
     media.probe(files["garbage"])
+  audio_only = media.probe(files["audio_only"])
+  assert not audio_only.has_video and audio_only.has_audio and audio_only.audio_codec == "aac"
 
 
 def test_write_video_with_audio_roundtrip(tmp_path):
@@ -173,6 +175,29 @@ def test_write_video_rejects_mismatched_frames(tmp_path):
                                            np.zeros((10, 8, 3), np.uint8)])
   with pytest.raises(ValueError, match="no frames"):
     media.write_video(tmp_path / "y.mp4", [])
+
+
+def test_write_video_is_atomic(tmp_path):
+  """The mp4 appears only when complete: a failure part way leaves neither it nor a partial."""
+  (tmp_path / "old.mp4").write_bytes(b"previous")
+  with pytest.raises(RuntimeError, match="stop"):
+    with media.VideoWriter(tmp_path / "old.mp4", audio=_tone(0.4, 16000)) as w:
+      w.write(np.zeros((8, 8, 3), np.uint8))
+      raise RuntimeError("stop")
+  assert (tmp_path / "old.mp4").read_bytes() == b"previous"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["old.mp4"]
+  assert media.write_video(tmp_path / "old.mp4", np.zeros((3, 8, 8, 3), np.uint8)) == 3
+  assert media.probe(tmp_path / "old.mp4").has_video
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["old.mp4"]
+
+
+def test_resize_image_and_frames():
+  img = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+  assert media.resize(img, 20, 30) is img
+  assert media.resize(img, 10, 15).shape == (10, 15, 3)
+  assert media.resize(np.stack([img] * 4), 40, 60).shape == (4, 40, 60, 3)
+  flat = np.full((20, 30, 3), 77, np.uint8)
+  np.testing.assert_array_equal(media.resize(flat, 7, 9), 77)
 
 
 # ----------------------------------------------------------------------------------------- audio
