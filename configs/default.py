@@ -6,7 +6,7 @@ Launch:
 """
 import ml_collections
 
-from pcavs_jax.models.config import model_config
+from pcavs_jax.train.config import base_config
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -21,52 +21,14 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
-def loss_config() -> ml_collections.ConfigDict:
-  """Loss weights (official defaults; `l1_image`, `mouth_l1` and `sync_cosine_scale` are not in the paper)."""
-  w = ml_collections.ConfigDict()
-  w.gan = 1.0                 # lambda_D: hinge GAN, averaged over D scales
-  w.feature_matching = 10.0   # lambda_feat; 0 switches feature matching off
-  w.image = 1.0               # lambda_image: the image element of feature matching
-  w.vgg = 10.0                # lambda_vgg; only with config.vgg_weights
-  w.contrastive = 100.0       # lambda_contrastive: softmax contrastive sync loss, both directions
-  w.crossmodal_l1 = 1.0       # lambda_crossmodal: L1 audio mouth -> detached visual mouth
-  w.identity = 1.0            # identity cross-entropy on E_i's scores
-  w.sync_cosine_scale = 0.0   # > 0: contrastive logits = scale * cosine, not 1 / distance
-  w.l1_image = 0.0            # pixel L1 on the whole frame
-  w.mouth_l1 = 0.0            # pixel L1 inside `mouth_box` of the aligned frame
-  w.mouth_box = (0.38, 0.66, 0.26, 0.74)   # (top, bottom, left, right) fractions of the frame
-  return w
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The paper's full-stage training at 224 px.
 
   Args:
     arg: 'variant=official' (default) or 'variant=tiny' (64 px, narrow, for smoke runs).
   """
-  from pcavs_jax.data.input_pipeline import data_config
-  from pcavs_jax.train.state import train_config
-
   args = parse_arg(arg, variant="official")
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.data_dir = ""              # a record folder (pcavs-jax synthtalk / preprocess output)
-  config.init_checkpoint = ""       # optional: start the G side from this checkpoint
-  config.vgg_weights = ""           # optional: VGG19 weights file for the perceptual loss
-  config.num_train_steps = 200_000
-  config.max_train_minutes = 0.0    # > 0: stop (and save) after this much wall time
-  config.compilation_cache_dir = "" # JAX's persistent cache: '' ~/.cache/pcavs_jax/xla
-                                    # (or $PCAVS_CACHE_DIR), 'none' off
-  config.log_every = 100
-  config.image_every = 1000
-  config.checkpoint_every = 2000
-  config.max_to_keep = 3
-  config.model = model_config(224, 1.0)
-  config.data = data_config()
-  config.data.resolution = config.model.get_ref("resolution")
-  config.data.batch_size = 16
-  config.train = train_config()
-  config.loss = loss_config()
+  config = base_config()
   if args.variant == "official":
     pass
   elif args.variant == "tiny":

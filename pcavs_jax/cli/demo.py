@@ -48,7 +48,7 @@ class TrainingProgress:
 
   def __init__(self, config):
     from tqdm import tqdm
-    from pcavs_jax.train.state import stage_at, stage_schedule
+    from pcavs_jax.train.stages import stage_at, stage_schedule
     self._schedule, self._stage_at = stage_schedule(config), stage_at
     self._started = False
     self.bar = tqdm(total=round(60 * config.max_train_minutes), unit="s", desc="training",

@@ -2,7 +2,7 @@
 import pytest
 
 from configs import ablations, default, synthtalk
-from pcavs_jax.train.state import stage_schedule
+from pcavs_jax.train.stages import stage_schedule
 
 
 @pytest.mark.parametrize("arg, stages", [
@@ -47,3 +47,92 @@ def test_unknown_config_arguments_are_named():
   with pytest.raises(ValueError, match="unknown config argument 'minute'"):
     synthtalk.get_config("minute=3")
   assert default.get_config("variant=tiny").model.resolution == 64
+
+
+# ---- bad configuration: one line naming the setting, a non-zero exit ----------------------------
+
+import os  # noqa: E402
+import pathlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from pcavs_jax.train.config import ConfigError, validate_config  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+TINY = str(REPO / "configs" / "default.py") + ":variant=tiny"
+
+
+def _train(tmp_path, *flags: str, devices: int = 1) -> subprocess.CompletedProcess:
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.run([sys.executable, "-m", "pcavs_jax.cli.main", "train", "--config", TINY,
+                         "--workdir", str(tmp_path / "run"), *flags],
+                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+
+
+def _one_error_line(result: subprocess.CompletedProcess) -> str:
+  assert result.returncode != 0, result.stdout + result.stderr
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1, result.stderr
+  assert lines[0].startswith("pcavs-jax train: error: "), lines[0]
+  return lines[0]
+
+
+@pytest.fixture(scope="module")
+def records_dir(tmp_path_factory):
+  from pcavs_jax.data import records
+  from data_pipeline.synthtalk import generate
+  out = tmp_path_factory.mktemp("records")
+  records.write_clips(generate.generate_clips(0, (0, 1), 1, 8, 64), out, "train")
+  return out
+
+
+def test_an_empty_data_dir_is_named(tmp_path):
+  line = _one_error_line(_train(tmp_path))
+  assert "config.data_dir is empty" in line
+
+
+def test_a_missing_data_dir_is_named(tmp_path):
+  line = _one_error_line(_train(tmp_path, f"--config.data_dir={tmp_path / 'nowhere'}"))
+  assert "config.data_dir=" in line and "no such folder" in line
+
+
+def test_a_data_dir_without_records_is_named(tmp_path):
+  (tmp_path / "empty").mkdir()
+  line = _one_error_line(_train(tmp_path, f"--config.data_dir={tmp_path / 'empty'}"))
+  assert "config.data_dir=" in line and "no train records" in line
+
+
+def test_an_unknown_config_field_is_named(tmp_path):
+  line = _one_error_line(_train(tmp_path, "--config.train.stges=full"))
+  assert "config.train.stges: no such config field" in line and "'stage'" in line
+
+
+def test_an_unknown_field_set_by_a_config_file_is_named(records_dir):
+  config = default.get_config("variant=tiny")
+  config.data_dir = str(records_dir)
+  config.loss.contrastve = 1.0
+  with pytest.raises(ConfigError, match=r"^config\.loss\.contrastve: no such config field"):
+    validate_config(config, process_count=1, local_devices=1)
+
+
+def test_an_unknown_stage_is_named(tmp_path, records_dir):
+  line = _one_error_line(_train(tmp_path, f"--config.data_dir={records_dir}",
+                                "--config.train.stage=warmup"))
+  assert "config.train.stage='warmup': no such stage" in line
+  config = default.get_config("variant=tiny")
+  config.data_dir = str(records_dir)
+  config.train.schedule = "identity:10,warmup"
+  with pytest.raises(ConfigError, match=r"config\.train\.schedule .*unknown stage 'warmup'"):
+    validate_config(config, process_count=1, local_devices=1)
+
+
+def test_a_batch_that_does_not_divide_over_the_devices_is_named(tmp_path, records_dir):
+  line = _one_error_line(_train(tmp_path, f"--config.data_dir={records_dir}",
+                                "--config.data.batch_size=6", devices=4))
+  assert "config.data.batch_size=6 does not divide over the 4 devices" in line
+
+
+def test_a_valid_config_passes(records_dir):
+  config = default.get_config("variant=tiny")
+  config.data_dir = str(records_dir)
+  validate_config(config, process_count=1, local_devices=4)
