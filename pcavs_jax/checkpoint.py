@@ -67,6 +67,13 @@ def load_export(path: str | os.PathLike, with_discriminator: bool = False):
   return model, variables, disc, _restore(path / "discriminator", d_abstract)
 
 
+def is_official_checkpoint(path: str | os.PathLike) -> bool:
+  """Whether `path` is a folder of official PyTorch files (`<epoch>_net_G.pth`, ...); their
+  models were trained on faces cropped by the official loader."""
+  p = pathlib.Path(path)
+  return p.is_dir() and any(p.glob("*_net_G.pth"))
+
+
 def load_checkpoint(path: str | os.PathLike, model_config=None, step: int | None = None,
                     ema: bool = True):
   """Loads PC-AVS for inference from any checkpoint form the project knows.
@@ -94,7 +101,7 @@ def load_checkpoint(path: str | os.PathLike, model_config=None, step: int | None
     return load_training_checkpoint(path, step, ema=ema)
   if (path / CONFIG_FILE).exists():
     return load_export(path)
-  if path.is_dir() and any(path.glob("*_net_G.pth")):
+  if is_official_checkpoint(path):
     from pcavs_jax.models.config import model_config as official_model_config
     from pcavs_jax.convert.official import convert_official
     from pcavs_jax.models.pcavs import build_model

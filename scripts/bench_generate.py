@@ -1,7 +1,7 @@
 """Time per driven frame of `generate`, end to end, beside the network alone.
 
-End to end is `pcavs_jax.infer.inference.generate`: read and align the reference photo, decode and align
-the pose video, read the audio and compute the mel, encode the identity, run the network in device
+End to end is `pcavs_jax.infer.generate`: read and align the reference photo, decode and align the
+pose video, read the audio and compute the mel, encode the identity, run the network in device
 batches, write the h264 + AAC mp4. Network only is the jitted drive (E_n on the pose frame, E_a on
 the mel window, G) on ready device batches. The official configuration (224 px) with random weights:
 no trained weights exist, and the time does not depend on the values.
@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from pcavs_jax.models.config import model_config
-from pcavs_jax.infer import inference
+from pcavs_jax.infer import api, runner
 from pcavs_jax.data import media
 from pcavs_jax.models.pcavs import build_model
 
@@ -75,8 +75,8 @@ def main() -> None:
   config = model_config(args.resolution, args.width)
   model = build_model(config)
   t0 = time.perf_counter()
-  variables = inference.random_variables(model)
-  driver = inference.FrameDriver(model, variables, batch_size=args.batch_size)
+  variables = runner.random_variables(model)
+  driver = runner.FrameDriver(model, variables, batch_size=args.batch_size)
   setup = time.perf_counter() - t0
   r, b = driver.resolution, driver.batch_size
   print(f"device: {jax.devices()[0].device_kind} x{driver.num_devices}; {r}x{r}, width "
@@ -87,13 +87,13 @@ def main() -> None:
     paths = _inputs(d, args.frames)
     # Warm-up: compiles E_i and the batch shape, imports librosa, loads the Haar cascades.
     t0 = time.perf_counter()
-    inference.generate(driver, paths["reference"], paths["audio"], d / "warm.mp4", paths["pose"],
-                       max_frames=b, progress=False)
+    api.generate(driver, paths["reference"], paths["audio"], d / "warm.mp4", paths["pose"],
+                 max_frames=b, progress=False)
     warm = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    rec = inference.generate(driver, paths["reference"], paths["audio"], d / "out.mp4",
-                             paths["pose"], progress=False)
+    rec = api.generate(driver, paths["reference"], paths["audio"], d / "out.mp4",
+                       paths["pose"], progress=False)
     total = time.perf_counter() - t0
     info = media.probe(d / "out.mp4")
     assert rec["frames"] == args.frames and info.video_codec == "h264" and info.has_audio
@@ -106,7 +106,7 @@ def main() -> None:
              rng.uniform(0, 1, (b, 80, 20)).astype(np.float32),
              rng.integers(0, 256, (b, r, r, 3), dtype=np.uint8))
     on_device = jax.device_put(batch, driver._sharded)
-    drive = inference._jitted(model, "drive")
+    drive = runner.jitted(model, "drive")
     jax.block_until_ready(drive(driver.variables, *on_device))
     times = []
     for _ in range(args.repeats):

@@ -16,7 +16,7 @@ def tiny_checkpoint(out_dir: pathlib.Path, seed: int = 0) -> pathlib.Path:
   """An exported checkpoint of the tiny 64-px model with random weights (no init compile)."""
   from configs.default import get_config
   from pcavs_jax.checkpoint import save_export
-  from pcavs_jax.infer.inference import random_variables
+  from pcavs_jax.infer.runner import random_variables
   from pcavs_jax.models.pcavs import build_model
   model_config = get_config(TINY).model
   variables = random_variables(build_model(model_config), seed)

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 import inference_testutil as util
-from pcavs_jax.infer import inference
+from pcavs_jax import infer
+from pcavs_jax.cli import generate as generate_cli
 from pcavs_jax.data import media
 from pcavs_jax.data.media import InputError
 
@@ -117,14 +118,14 @@ def test_single_mode(case, fields, kind, words, files, driver, tmp_path):
   job = _job(files, fields)
   out = tmp_path / f"{case}.mp4"
   if kind is None:
-    rec = inference.generate(driver, job["reference"], job["audio"], out, job.get("pose"),
-                             progress=False)
+    rec = infer.generate(driver, job["reference"], job["audio"], out, job.get("pose"),
+                         progress=False)
     assert rec["status"] == "ok" and media.probe(out).has_audio
     assert any(words in n for n in rec["notes"]), rec["notes"]
     return
   with pytest.raises(InputError) as info:
-    inference.generate(driver, job["reference"], job["audio"], out, job.get("pose"),
-                       progress=False)
+    infer.generate(driver, job["reference"], job["audio"], out, job.get("pose"),
+                   progress=False)
   bad = next(iter(fields.values()))
   assert info.value.kind == kind
   assert str(files[bad]) in str(info.value) and words in str(info.value), str(info.value)
@@ -134,13 +135,13 @@ def test_single_mode(case, fields, kind, words, files, driver, tmp_path):
 def test_strict_pose_length_refuses_a_short_pose_video(files, driver, tmp_path):
   with pytest.raises(InputError, match=r"short_pose.mp4: pose source has 3 frames .* shorter "
                                        r"than the audio's 10 \(--strict-pose-length\)"):
-    inference.generate(driver, files["photo"], files["wav"], tmp_path / "o.mp4",
-                       files["short_pose"], strict_pose_length=True, progress=False)
+    infer.generate(driver, files["photo"], files["wav"], tmp_path / "o.mp4",
+                   files["short_pose"], strict_pose_length=True, progress=False)
 
 
 def test_cli_single_mode_prints_the_input_and_the_problem(checkpoint, files, tmp_path, capsys):
   parser = argparse.ArgumentParser()
-  inference.register(parser.add_subparsers())
+  generate_cli.register(parser.add_subparsers())
   args = parser.parse_args(["generate", "--checkpoint", str(checkpoint), "--reference",
                             str(files["no_face"]), "--audio", str(files["wav"]), "--out",
                             str(tmp_path / "o.mp4")])
@@ -165,7 +166,7 @@ def test_batch_mode_records_each_failure_and_finishes_the_rest(files, driver, tm
   manifest = tmp_path / "jobs.jsonl"
   manifest.write_text("\n".join(lines) + "\n")
   out = tmp_path / "out"
-  summary = inference.generate_batch(driver, manifest, out, progress=False)
+  summary = infer.generate_batch(driver, manifest, out, progress=False)
   by = {r["name"]: r for r in summary["results"]}
   assert by["good"]["status"] == "ok" and media.probe(out / "good.mp4").has_audio
   for case, fields, kind, words in CASES:

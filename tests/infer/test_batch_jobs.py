@@ -1,5 +1,5 @@
-"""Batch jobs: manifests (CSV, JSON lines, the official demo.csv), host sharding, recorded
-failures, atomic outputs and re-runs that skip finished work."""
+"""Batch jobs: recorded failures, atomic outputs, re-runs that skip finished work, hosts that
+split a manifest, the official demo.csv rows run end to end (parsing: test_manifests.py)."""
 import argparse
 import json
 import pathlib
@@ -7,10 +7,10 @@ import pathlib
 import pytest
 
 import inference_testutil as util
-from pcavs_jax.infer import inference
+from pcavs_jax import infer
+from pcavs_jax.cli import generate as generate_cli
 from pcavs_jax.data import media
-from pcavs_jax.infer.inference import JobSpec, RowError
-from pcavs_jax.data.media import InputError
+from pcavs_jax.infer.jobs import JobSpec
 
 
 @pytest.fixture(scope="session")
@@ -31,84 +31,6 @@ def _by_name(records: list[dict]) -> dict[str, dict]:
   return {r["name"]: r for r in records}
 
 
-# ------------------------------------------------------------------------------------ manifests
-
-
-def test_csv_manifest(tmp_path):
-  (tmp_path / "jobs.csv").write_text(
-      "reference,audio,pose,mouth_source,output\n"
-      "photo.png,speech.wav,pose.mp4,,first\n"
-      "photo.png,speech.wav,,,\n"
-      "# a comment\n"
-      ",speech.wav,,,no_reference\n"
-      "photo.png,speech.wav,,,../escape\n")
-  jobs = inference.read_manifest(tmp_path / "jobs.csv")
-  assert [type(j) for j in jobs] == [JobSpec, JobSpec, RowError, RowError]
-  assert jobs[0].name == "first" and jobs[0].pose == str(tmp_path / "pose.mp4")
-  assert jobs[0].reference == str(tmp_path / "photo.png") and jobs[0].row == 2
-  assert jobs[1].name == "photo_speech" and jobs[1].pose is None
-  assert "missing reference" in jobs[2].problem and jobs[2].row == 5
-  assert "output name" in jobs[3].problem
-
-
-def test_jsonl_manifest(tmp_path):
-  (tmp_path / "jobs.jsonl").write_text(
-      '{"reference": "photo.png", "audio": "speech.wav", "name": "a/b"}\n'
-      '{"reference": "photo.png"}\n'
-      'not json\n'
-      '[1, 2]\n')
-  jobs = inference.read_manifest(tmp_path / "jobs.jsonl")
-  assert isinstance(jobs[0], JobSpec) and jobs[0].name == "a/b"
-  assert isinstance(jobs[1], RowError) and "missing audio" in jobs[1].problem
-  assert isinstance(jobs[2], RowError) and "JSON" in jobs[2].problem
-  assert isinstance(jobs[3], RowError)
-
-
-def test_official_demo_csv_rows(tmp_path):
-  (tmp_path / "misc" / "Input" / "517600055").mkdir(parents=True)
-  (tmp_path / "misc" / "Pose_Source" / "517600078").mkdir(parents=True)
-  (tmp_path / "misc" / "Mouth_Source" / "681600002").mkdir(parents=True)
-  (tmp_path / "demo.csv").write_text(
-      "misc/Input/517600055 1 misc/Pose_Source/517600078 160 misc/Audio_Source/681600002.mp3 "
-      "misc/Mouth_Source/681600002 363 dummy\n"
-      "misc/Input/517600055 1 None 1 misc/Audio_Source/681600002.mp3 None 0 dummy\n"
-      "misc/Input/517600055 1 misc/Pose_Source/517600078 160 audio.mp3 dummy\n")
-  jobs = inference.read_manifest(tmp_path / "demo.csv")
-  a, b, c = jobs
-  assert a.name == "id_517600055_pose_517600078_audio_681600002"
-  assert a.reference == str(tmp_path / "misc/Input/517600055")
-  assert a.pose.endswith("517600078") and a.num_pose_frames == 160 and a.num_references == 1
-  assert a.mouth_source.endswith("681600002") and a.num_mouth_frames == 363 and a.mel is None
-  # Not a folder: the official loader holds the reference's own pose.
-  assert b.pose is None and b.name == "id_517600055_pose_517600055_audio_681600002"
-  assert isinstance(c, RowError) and "8 space-separated fields" in c.problem
-
-
-def test_manifest_without_required_columns_is_refused(tmp_path):
-  (tmp_path / "jobs.csv").write_text("image,sound\nphoto.png,speech.wav\n")
-  with pytest.raises(InputError, match="'reference' and 'audio'"):
-    inference.read_manifest(tmp_path / "jobs.csv")
-  with pytest.raises(InputError, match="manifest not found"):
-    inference.read_manifest(tmp_path / "none.csv")
-  (tmp_path / "empty.csv").write_text("\n# nothing\n")
-  with pytest.raises(InputError, match="no rows"):
-    inference.read_manifest(tmp_path / "empty.csv")
-
-
-def test_shard_jobs_across_hosts():
-  jobs = list(range(7))
-  shards = [inference.shard_jobs(jobs, i, 3) for i in range(3)]
-  assert shards == [[0, 3, 6], [1, 4], [2, 5]]
-  assert sorted(sum(shards, [])) == jobs
-  with pytest.raises(ValueError):
-    inference.shard_jobs(jobs, 3, 3)
-  assert inference.results_path("o", 1, 4).name == "results-001-of-004.jsonl"
-  assert inference.results_path("o").name == "results.jsonl"
-
-
-# ------------------------------------------------------------------------------------ running
-
-
 def test_batch_run_records_failures_and_rerun_skips(driver, data, tmp_path):
   manifest = tmp_path / "jobs.csv"
   manifest.write_text(
@@ -119,7 +41,7 @@ def test_batch_run_records_failures_and_rerun_skips(driver, data, tmp_path):
       f"{data}/photo.png,{data}/speech.wav,{data}/photo.png,nested/fixed\n"
       f"{data}/photo.png,{data}/speech.wav,,own_pose\n")
   out = tmp_path / "out"
-  summary = inference.generate_batch(driver, manifest, out, panel=True, progress=False)
+  summary = infer.generate_batch(driver, manifest, out, panel=True, progress=False)
   assert summary["counts"] == {"ok": 3, "failed": 2}
   results = _read_results(out / "results.jsonl")
   by = _by_name(results)
@@ -134,14 +56,14 @@ def test_batch_run_records_failures_and_rerun_skips(driver, data, tmp_path):
   assert not [p for p in out.rglob(".*")], "temporary files left behind"
 
   mtime = (out / "driven.mp4").stat().st_mtime_ns
-  again = inference.generate_batch(driver, manifest, out, panel=True, progress=False)
+  again = infer.generate_batch(driver, manifest, out, panel=True, progress=False)
   assert again["counts"] == {"skipped": 3, "failed": 2} and again["frames"] == 0
   assert (out / "driven.mp4").stat().st_mtime_ns == mtime
   # Results accumulate over runs: the first run's lines are still there.
   assert len(_read_results(out / "results.jsonl")) == 10
 
-  redo = inference.generate_batch(driver, manifest, out, panel=True, overwrite=True,
-                                  progress=False)
+  redo = infer.generate_batch(driver, manifest, out, panel=True, overwrite=True,
+                              progress=False)
   assert redo["counts"] == {"ok": 3, "failed": 2}
 
 
@@ -178,7 +100,7 @@ def test_batch_records_faces_that_fail_and_finishes_the_others(driver, data, tmp
       f"{tmp_path}/cup.png,{data}/speech.wav,,cup\n"
       f"{data}/photo.png,{data}/speech.wav,,own_pose\n")
   out = tmp_path / "out"
-  summary = inference.generate_batch(driver, manifest, out, progress=False)
+  summary = infer.generate_batch(driver, manifest, out, progress=False)
   assert summary["counts"] == {"ok": 2, "failed": 2}, summary["results"]
   by = _by_name(_read_results(out / "results.jsonl"))
   assert by["profile"]["status"] == "failed" and by["profile"]["reason"] == "profile_face"
@@ -199,11 +121,11 @@ def test_partial_outputs_do_not_count_as_done(driver, data, tmp_path):
   # What a killed run leaves: a hidden temporary file, never the final name.
   (out / ".a.partial-123.mp4").write_bytes(b"half a video")
   jobs = [JobSpec("a", str(data / "photo.png"), str(data / "speech.wav"))]
-  summary = inference.run_jobs(jobs, driver, out, progress=False)
+  summary = infer.run_jobs(jobs, driver, out, progress=False)
   assert summary["counts"] == {"ok": 1}
   assert media.probe(out / "a.mp4").has_video
   # The panel was not asked for before; asking now makes the job unfinished again.
-  summary = inference.run_jobs(jobs, driver, out, panel=True, progress=False)
+  summary = infer.run_jobs(jobs, driver, out, panel=True, progress=False)
   assert summary["counts"] == {"ok": 1} and (out / "a_panel.mp4").exists()
 
 
@@ -214,8 +136,8 @@ def test_hosts_split_a_manifest(driver, data, tmp_path):
   manifest.write_text(rows + "\n")
   out = tmp_path / "out"
   for host in range(2):
-    s = inference.generate_batch(driver, manifest, out, process_index=host, process_count=2,
-                                 max_frames=5, progress=False)
+    s = infer.generate_batch(driver, manifest, out, process_index=host, process_count=2,
+                             max_frames=5, progress=False)
     assert s["counts"] == {"ok": 2}
   assert [r["name"] for r in _read_results(out / "results-000-of-002.jsonl")] == ["job0", "job2"]
   assert [r["name"] for r in _read_results(out / "results-001-of-002.jsonl")] == ["job1", "job3"]
@@ -238,8 +160,8 @@ def test_official_demo_row_runs(driver, data, tmp_path):
       "misc/Input/517600055 1 misc/Pose_Source/517600078 4 misc/Audio_Source/681600002.wav "
       "misc/Mouth_Source/681600002 6 dummy\n")
   out = tmp_path / "results"
-  summary = inference.generate_batch(driver, tmp_path / "demo.csv", out, panel=True,
-                                     progress=False)
+  summary = infer.generate_batch(driver, tmp_path / "demo.csv", out, panel=True,
+                                 progress=False)
   assert summary["counts"] == {"ok": 1}, summary["results"]
   name = "id_517600055_pose_517600078_audio_681600002"
   assert media.probe(out / f"{name}.mp4").has_audio
@@ -254,7 +176,7 @@ def test_cli_manifest_exit_codes(checkpoint, data, tmp_path, capsys):
   manifest.write_text(f'{{"reference": "{data}/photo.png", "audio": "{data}/speech.wav"}}\n'
                       f'{{"reference": "{data}/photo.png", "audio": "{data}/nope.wav"}}\n')
   parser = argparse.ArgumentParser()
-  inference.register(parser.add_subparsers())
+  generate_cli.register(parser.add_subparsers())
   args = parser.parse_args(["generate", "--checkpoint", str(checkpoint), "--manifest",
                             str(manifest), "--out", str(tmp_path / "out"), "--no-progress"])
   assert args.func(args) == 1  # a job failed, the other finished

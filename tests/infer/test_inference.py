@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 
 import inference_testutil as util
-from pcavs_jax.infer import inference
+from pcavs_jax import infer
+from pcavs_jax.infer import prepare, runner
+from pcavs_jax.cli import generate as generate_cli
 from pcavs_jax.data import media
-from pcavs_jax.infer.inference import JobSpec, PrepareOptions
+from pcavs_jax.infer.jobs import JobSpec, PrepareOptions
 from pcavs_jax.data.media import InputError
 
 
@@ -39,16 +41,16 @@ def _frames_dir(path: pathlib.Path) -> np.ndarray:
 
 def test_loop_indices_plays_forwards_then_backwards():
   # The official calc_loop_idx: forwards, backwards, forwards..., each end frame shown twice.
-  np.testing.assert_array_equal(inference.loop_indices(3, 10), [0, 1, 2, 2, 1, 0, 0, 1, 2, 2])
-  np.testing.assert_array_equal(inference.loop_indices(5, 3), [0, 1, 2])   # longer: cut
-  np.testing.assert_array_equal(inference.loop_indices(1, 4), [0, 0, 0, 0])
+  np.testing.assert_array_equal(prepare.loop_indices(3, 10), [0, 1, 2, 2, 1, 0, 0, 1, 2, 2])
+  np.testing.assert_array_equal(prepare.loop_indices(5, 3), [0, 1, 2])   # longer: cut
+  np.testing.assert_array_equal(prepare.loop_indices(1, 4), [0, 0, 0, 0])
 
 
 def test_official_crop_takes_the_official_window():
   r = 224
   ys, xs = np.mgrid[:r, :r]
   img = np.stack([xs, ys, np.zeros_like(xs)], -1).astype(np.uint8)[None]
-  out = inference.official_crop(img)[0].astype(float)
+  out = prepare.official_crop(img)[0].astype(float)
   # Rows 0..191 and columns 16..207 stretched back to 224.
   assert out.shape == (r, r, 3)
   assert abs(out[0, 0, 0] - 16) <= 1 and abs(out[0, -1, 0] - 207) <= 1
@@ -57,13 +59,13 @@ def test_official_crop_takes_the_official_window():
 
 def test_prepare_job_shapes_and_alignment(inputs):
   options = PrepareOptions(resolution=64, mouth=True)
-  job = inference.prepare_job(JobSpec("a", str(inputs["photo"]), str(inputs["talking"]),
-                                      pose=str(inputs["pose"])), options)
+  job = prepare.prepare_job(JobSpec("a", str(inputs["photo"]), str(inputs["talking"]),
+                                    pose=str(inputs["pose"])), options)
   assert job.references.shape == (1, 64, 64, 3) and job.references.dtype == np.uint8
   assert job.num_frames == 20 and job.windows.shape == (20, 80, 20)
   assert len(job.wav) == 20 * 640
   assert job.pose.shape == (10, 64, 64, 3)
-  np.testing.assert_array_equal(job.pose_index, inference.loop_indices(10, 20))
+  np.testing.assert_array_equal(job.pose_index, prepare.loop_indices(10, 20))
   assert job.mouth.shape[0] == 20  # the talking video's own frames
   assert any("forwards and backwards" in n for n in job.notes)
   # The aligned face is centred like training crops: the eye line near the template's row.
@@ -74,10 +76,10 @@ def test_prepare_job_shapes_and_alignment(inputs):
 
 def test_fixed_pose_image_and_reference_pose(inputs):
   options = PrepareOptions(resolution=64)
-  fixed = inference.prepare_job(JobSpec("f", str(inputs["photo"]), str(inputs["wav"]),
-                                        pose=str(inputs["photo"])), options)
+  fixed = prepare.prepare_job(JobSpec("f", str(inputs["photo"]), str(inputs["wav"]),
+                                      pose=str(inputs["photo"])), options)
   assert fixed.pose.shape[0] == 1 and not fixed.pose_index.any()
-  own = inference.prepare_job(JobSpec("o", str(inputs["photo"]), str(inputs["wav"])), options)
+  own = prepare.prepare_job(JobSpec("o", str(inputs["photo"]), str(inputs["wav"])), options)
   assert own.pose is None
   np.testing.assert_array_equal(own.pose_frame(7), own.references[0])
   np.testing.assert_array_equal(fixed.pose_frame(7), own.references[0])
@@ -87,7 +89,7 @@ def test_references_are_averaged(driver, tmp_path):
   import jax
   refs = np.stack([util.astronaut()[:256, 100:356], util.astronaut()[:256, 100:356, ::-1]])
   refs = np.stack([np.asarray(media.to_rgb_uint8(r)) for r in refs])
-  small = np.stack([inference._resize(r[None], 64)[0] for r in refs])
+  small = np.stack([prepare.resize_frames(r[None], 64)[0] for r in refs])
   id_vector, id_map = driver.encode_identity(small)
   model = driver.model
   encode = jax.jit(lambda v, x: model.apply(v, x, method=model.encode_identity))
@@ -113,8 +115,8 @@ def test_driver_matches_model_inference(driver):
 
 
 def test_random_variables_give_finite_varied_frames(driver, inputs, tmp_path):
-  rec = inference.generate(driver, inputs["photo"], inputs["wav"], tmp_path / "o.mp4",
-                           frames_dir=tmp_path / "frames", progress=False)
+  rec = infer.generate(driver, inputs["photo"], inputs["wav"], tmp_path / "o.mp4",
+                       frames_dir=tmp_path / "frames", progress=False)
   frames = _frames_dir(tmp_path / "frames")
   assert frames.shape == (25, 64, 64, 3) and rec["frames"] == 25
   assert frames.std() > 1.0
@@ -122,8 +124,8 @@ def test_random_variables_give_finite_varied_frames(driver, inputs, tmp_path):
 
 def test_generate_driven_mp4_is_playable_with_audio(driver, inputs, tmp_path):
   out = tmp_path / "sub" / "driven.mp4"
-  rec = inference.generate(driver, inputs["photo"], inputs["talking"], out, inputs["pose"],
-                           panel=True, frames_dir=tmp_path / "frames", progress=False)
+  rec = infer.generate(driver, inputs["photo"], inputs["talking"], out, inputs["pose"],
+                       panel=True, frames_dir=tmp_path / "frames", progress=False)
   assert rec["status"] == "ok" and rec["frames"] == 20
   info = media.probe(out)
   assert info.video_codec == "h264" and info.audio_codec == "aac"
@@ -146,10 +148,10 @@ def test_generate_driven_mp4_is_playable_with_audio(driver, inputs, tmp_path):
 
 
 def test_reference_pose_equals_the_reference_image_as_pose(driver, inputs, tmp_path):
-  a = inference.generate(driver, inputs["photo"], inputs["wav"], tmp_path / "a.mp4",
-                         frames_dir=tmp_path / "fa", progress=False)
-  b = inference.generate(driver, inputs["photo"], inputs["wav"], tmp_path / "b.mp4",
-                         inputs["photo"], frames_dir=tmp_path / "fb", progress=False)
+  a = infer.generate(driver, inputs["photo"], inputs["wav"], tmp_path / "a.mp4",
+                     frames_dir=tmp_path / "fa", progress=False)
+  b = infer.generate(driver, inputs["photo"], inputs["wav"], tmp_path / "b.mp4",
+                     inputs["photo"], frames_dir=tmp_path / "fb", progress=False)
   assert a["status"] == b["status"] == "ok"
   np.testing.assert_array_equal(_frames_dir(tmp_path / "fa"), _frames_dir(tmp_path / "fb"))
 
@@ -159,19 +161,19 @@ def test_frames_of_many_jobs_share_batches_without_changing_them(driver, inputs,
   specs = [JobSpec("one", str(inputs["photo"]), str(inputs["wav"]), pose=str(inputs["pose"])),
            JobSpec("two", str(inputs["photo"]), str(inputs["talking"])),
            JobSpec("three", str(inputs["photo"]), str(inputs["wav"]), pose=str(inputs["photo"]))]
-  jobs = [inference.prepare_job(s, options) for s in specs]
-  jobs[1] = inference.prepare_job(specs[1], PrepareOptions(resolution=64, max_frames=5))
-  drive = inference._jitted(driver.model, "drive")
+  jobs = [prepare.prepare_job(s, options) for s in specs]
+  jobs[1] = prepare.prepare_job(specs[1], PrepareOptions(resolution=64, max_frames=5))
+  drive = runner.jitted(driver.model, "drive")
   compiled_before = drive._cache_size()  # other tests of the session may have compiled it
-  packed = inference.run_jobs(jobs, driver, tmp_path / "packed", frames_dir=tmp_path / "pf",
-                              progress=False)
+  packed = infer.run_jobs(jobs, driver, tmp_path / "packed", frames_dir=tmp_path / "pf",
+                          progress=False)
   assert packed["counts"] == {"ok": 3} and packed["frames"] == 7 + 5 + 7
   # One compiled batch shape for every job and the padding.
   assert drive._cache_size() - compiled_before <= 1
   compiled = drive._cache_size()
   for job in jobs:
-    alone = inference.run_jobs([job], driver, tmp_path / "alone", frames_dir=tmp_path / "af",
-                               progress=False)
+    alone = infer.run_jobs([job], driver, tmp_path / "alone", frames_dir=tmp_path / "af",
+                           progress=False)
     assert alone["counts"] == {"ok": 1}
     np.testing.assert_array_equal(_frames_dir(tmp_path / "pf" / job.name),
                                   _frames_dir(tmp_path / "af" / job.name))
@@ -183,13 +185,13 @@ def test_frames_dir_is_replaced_only_when_it_holds_our_frames(driver, inputs, tm
   d.mkdir()
   (d / "notes.txt").write_text("not a frame")
   with pytest.raises(InputError, match="holds other files"):
-    inference.generate(driver, inputs["photo"], inputs["wav"], tmp_path / "o.mp4",
-                       frames_dir=d, max_frames=5, progress=False)
+    infer.generate(driver, inputs["photo"], inputs["wav"], tmp_path / "o.mp4",
+                   frames_dir=d, max_frames=5, progress=False)
   assert (d / "notes.txt").exists() and not (tmp_path / "o.mp4").exists()
   (d / "notes.txt").unlink()
   for frames in (7, 5):  # a second run replaces the first run's frames
-    inference.generate(driver, inputs["photo"], inputs["wav"], tmp_path / "o.mp4",
-                       frames_dir=d, max_frames=frames, progress=False)
+    infer.generate(driver, inputs["photo"], inputs["wav"], tmp_path / "o.mp4",
+                   frames_dir=d, max_frames=frames, progress=False)
     assert len(list(d.glob("*.png"))) == frames
     assert media.probe(tmp_path / "o.mp4").duration == pytest.approx(frames / 25, abs=0.05)
 
@@ -197,7 +199,7 @@ def test_frames_dir_is_replaced_only_when_it_holds_our_frames(driver, inputs, tm
 def _cli(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(prog="pcavs-jax")
   sub = parser.add_subparsers()
-  inference.register(sub)
+  generate_cli.register(sub)
   args = parser.parse_args(argv)
   return args.func(args)
 
@@ -219,7 +221,7 @@ def test_astronaut_driven_by_espeak_speech(driver, inputs, tmp_path):
   subprocess.run(["espeak-ng", "-w", str(wav), "Hello. This face speaks with my voice."],
                  check=True)
   out = tmp_path / "astronaut.mp4"
-  rec = inference.generate(driver, inputs["photo"], wav, out, progress=False)
+  rec = infer.generate(driver, inputs["photo"], wav, out, progress=False)
   info = media.probe(out)
   assert info.video_codec == "h264" and info.audio_codec == "aac"
   assert abs(info.duration - len(media.read_audio(wav)) / 16000) < 0.1
@@ -233,19 +235,19 @@ def test_batches_split_across_two_devices(checkpoint, inputs, tmp_path):
   script = f"""
 import sys; sys.path.insert(0, {str(pathlib.Path(__file__).parents[1])!r})
 import jax
-from pcavs_jax.infer import inference
+from pcavs_jax import infer
 assert jax.local_device_count() == 2
-d = inference.load_driver({str(checkpoint)!r}, batch_size=2)
+d = infer.load_driver({str(checkpoint)!r}, batch_size=2)
 assert d.batch_size == 4 and d.num_devices == 2
-inference.generate(d, {str(inputs['photo'])!r}, {str(inputs['wav'])!r}, {str(tmp_path / 'two.mp4')!r},
-                   {str(inputs['pose'])!r}, frames_dir={str(tmp_path / 'two')!r}, progress=False)
+infer.generate(d, {str(inputs['photo'])!r}, {str(inputs['wav'])!r}, {str(tmp_path / 'two.mp4')!r},
+               {str(inputs['pose'])!r}, frames_dir={str(tmp_path / 'two')!r}, progress=False)
 """
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   subprocess.run([sys.executable, "-c", script], check=True, env=env,
                  cwd=pathlib.Path(__file__).parents[2])
-  one = inference.load_driver(checkpoint, batch_size=4)
-  inference.generate(one, inputs["photo"], inputs["wav"], tmp_path / "one.mp4", inputs["pose"],
-                     frames_dir=tmp_path / "one", progress=False)
+  one = infer.load_driver(checkpoint, batch_size=4)
+  infer.generate(one, inputs["photo"], inputs["wav"], tmp_path / "one.mp4", inputs["pose"],
+                 frames_dir=tmp_path / "one", progress=False)
   # Per-device batches of 2 instead of 4 may round a value the other way.
   diff = np.abs(_frames_dir(tmp_path / "one").astype(int) - _frames_dir(tmp_path / "two"))
   assert diff.max() <= 2 and diff.mean() < 0.05
