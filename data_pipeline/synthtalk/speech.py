@@ -12,8 +12,7 @@ import dataclasses
 import numpy as np
 from scipy import signal
 
-SAMPLE_RATE = 16000
-SAMPLES_PER_FRAME = SAMPLE_RATE // 25
+from pcavs_jax.data.clips import SAMPLE_RATE, SAMPLES_PER_FRAME
 
 VOWELS = ("a", "e", "i", "o", "u")
 CONSONANTS = ("m", "p", "t", "k", "s", "sh", "f")

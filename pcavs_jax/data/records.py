@@ -40,6 +40,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pcavs_jax.data.files import write_json
 from pcavs_jax.data.clips import Clip
 
 MANIFEST = "manifest.json"
@@ -172,15 +173,6 @@ def read_manifest(out_dir: str | Path) -> dict:
   return json.loads(path.read_text())
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  with os.fdopen(fd, "w") as fh:
-    json.dump(data, fh, indent=1, sort_keys=True)
-    fh.flush()
-    os.fsync(fh.fileno())
-  os.replace(tmp, path)
-
-
 def _intersect(a: dict[str, list[int]] | None, b: dict[str, list[int]]) -> dict[str, list[int]]:
   """Keys of both spec dicts with equal shapes (`a` None: `b`)."""
   return dict(b) if a is None else {k: v for k, v in a.items() if b.get(k) == v}
@@ -308,7 +300,7 @@ def write_clips(clips: Iterable[Clip], out_dir: str | Path, split: str, *,
                if (m := _SHARD_RE.match(k)) is None or m["prefix"] != prefix}
       files.update(zip(names, entries))
       manifest["splits"][split] = _summarise_split(files)
-      _write_json_atomic(out_dir / MANIFEST, manifest)
+      write_json(out_dir / MANIFEST, manifest, sort_keys=True)
       # Only now drop this prefix's shards of an earlier call with another shard count: until
       # the manifest names the new set, readers still find the old one complete.
       for stale in split_dir.iterdir():

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from skimage import data
 
-from data_pipeline import preprocess
+from data_pipeline import preprocess, video_clip, video_tree
+from pcavs_jax.cli import preprocess as preprocess_cli
 from pcavs_jax.data import records
 from pcavs_jax.data import media
 
@@ -77,7 +78,7 @@ def tree(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def processed(tree, tmp_path_factory) -> tuple[pathlib.Path, dict]:
   out = tmp_path_factory.mktemp("records")
-  summary = preprocess.preprocess_videos(tree, out, log=None)
+  summary = preprocess.preprocess_videos(tree, out, progress=False)
   return out, summary
 
 
@@ -91,13 +92,13 @@ def _clip_ids(out: pathlib.Path) -> list[str]:
 
 
 def test_describe_layouts():
-  assert preprocess.describe("vox2_dev/mp4/id00012/abc/00001.mp4") == ("id00012", "train")
-  assert preprocess.describe("vox2_test/mp4/id00012/abc/00001.mp4") == ("id00012", "test")
-  assert preprocess.describe("id00012/abc/00001.mp4") == ("id00012", "train")
-  assert preprocess.describe("lipread_mp4/ABOUT/val/ABOUT_00003.mp4") == ("ABOUT", "val")
-  assert preprocess.describe("ABOUT/test/ABOUT_00003.mp4") == ("ABOUT", "test")
-  assert preprocess.describe("alice/talk.mp4") == ("alice", "train")
-  assert preprocess.describe("talk.mp4", split="test") == ("talk", "test")
+  assert video_tree.describe("vox2_dev/mp4/id00012/abc/00001.mp4") == ("id00012", "train")
+  assert video_tree.describe("vox2_test/mp4/id00012/abc/00001.mp4") == ("id00012", "test")
+  assert video_tree.describe("id00012/abc/00001.mp4") == ("id00012", "train")
+  assert video_tree.describe("lipread_mp4/ABOUT/val/ABOUT_00003.mp4") == ("ABOUT", "val")
+  assert video_tree.describe("ABOUT/test/ABOUT_00003.mp4") == ("ABOUT", "test")
+  assert video_tree.describe("alice/talk.mp4") == ("alice", "train")
+  assert video_tree.describe("talk.mp4", split="test") == ("talk", "test")
 
 
 def test_mixed_folder_report(processed):
@@ -122,7 +123,7 @@ def test_records_hold_aligned_clips(processed):
   manifest = records.read_manifest(out)
   assert {s: e["clips"] for s, e in manifest["splits"].items()} == {"train": 4, "test": 1,
                                                                       "val": 1}
-  labels = json.loads((out / preprocess.LABELS_FILE).read_text())
+  labels = json.loads((out / video_tree.LABELS_FILE).read_text())
   assert labels == {"ABOUT": 0, "id00001": 1, "id00002": 2, "id00003": 3, "id09999": 4}
   clips = {c.clip_id: c for c in records.read_clips(out)}
   assert sorted(clips) == sorted(g[:-4] for g in GOOD)
@@ -138,7 +139,7 @@ def test_records_hold_aligned_clips(processed):
   assert clips["lrw/ABOUT/val/ABOUT_00002"].identity == "ABOUT"
   # The official alignment: every frame's inner-mouth centre (60-67) moved onto (112, 120), up
   # to the smoothing, and every frame's 68 landmarks kept in the record (aligned-crop pixels).
-  lm = clips["vox2_dev/id00001/vidA/00001"].truth[preprocess.LANDMARKS_KEY]
+  lm = clips["vox2_dev/id00001/vidA/00001"].truth[video_clip.LANDMARKS_KEY]
   assert lm.shape == (FRAMES, 68, 2) and np.isfinite(lm).all()
   assert np.abs(lm[:, 60:68].mean(1) - (112, 120)).max() < 2.0
   report = _report(out)
@@ -149,7 +150,7 @@ def test_resume_skips_done_and_keeps_records(processed, tree):
   out, _ = processed
   before = _clip_ids(out)
   files = sorted(p.name for p in out.glob("*/*.tfrecord"))
-  summary = preprocess.preprocess_videos(tree, out, log=None)
+  summary = preprocess.preprocess_videos(tree, out, progress=False)
   assert summary["written"] == 0 and summary["skipped"] == {}
   assert summary["done_before"] == len(GOOD) and summary["failed_before"] == len(BAD)
   assert _clip_ids(out) == before
@@ -175,10 +176,10 @@ def test_resume_after_a_crash(tree, tmp_path, monkeypatch):
 
   monkeypatch.setattr(records, "write_clips", crashing_write)
   with pytest.raises(KeyboardInterrupt):
-    preprocess.preprocess_videos(subset, out, frames_per_file=1, log=None)
+    preprocess.preprocess_videos(subset, out, frames_per_file=1, progress=False)
   monkeypatch.setattr(records, "write_clips", real_write)
   assert len(_clip_ids(out)) == 1
-  summary = preprocess.preprocess_videos(subset, out, frames_per_file=1, log=None)
+  summary = preprocess.preprocess_videos(subset, out, frames_per_file=1, progress=False)
   assert summary["done_before"] == 1 and summary["written"] == 2
   assert _clip_ids(out) == sorted(g[:-4] for g in GOOD[:3])
   # The number of the file being written when killed is not reused.
@@ -189,22 +190,22 @@ def test_resume_after_a_crash(tree, tmp_path, monkeypatch):
   report = preprocess.report_path(out)
   lines = [l for l in report.read_text().splitlines() if '"status": "ok"' not in l]
   report.write_text("\n".join(lines) + "\n")
-  summary = preprocess.preprocess_videos(subset, out, log=None)
+  summary = preprocess.preprocess_videos(subset, out, progress=False)
   assert summary["written"] == 0 and summary["done_before"] == 3
   assert _clip_ids(out) == sorted(g[:-4] for g in GOOD[:3])
 
 
 def test_shards_are_disjoint_and_complete(tree):
-  rels = [t.rel for t in preprocess.find_videos(tree)]
+  rels = [t.rel for t in video_tree.find_videos(tree)]
   assert len(rels) == len(GOOD) + len(BAD)
   many = [f"id{i:05d}/v/{j}.mp4" for i in range(50) for j in range(20)]
   for n in (1, 3, 7):
-    parts = [[r for r in many if preprocess.in_shard(r, (i, n))] for i in range(n)]
+    parts = [[r for r in many if video_tree.in_shard(r, (i, n))] for i in range(n)]
     assert sorted(sum(parts, [])) == sorted(many)
     assert all(len(p) > len(many) / n / 2 for p in parts)
   with pytest.raises(ValueError, match="i/n"):
-    preprocess.parse_shard("3/3")
-  assert preprocess.parse_shard("1/4") == (1, 4)
+    video_tree.parse_shard("3/3")
+  assert video_tree.parse_shard("1/4") == (1, 4)
 
 
 def test_shard_runs_and_pool(tree, tmp_path):
@@ -216,8 +217,8 @@ def test_shard_runs_and_pool(tree, tmp_path):
     (subset / rel).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(tree / rel, subset / rel)
   out = tmp_path / "out"
-  s0 = preprocess.preprocess_videos(subset, out, shard=(0, 2), workers=2, log=None)
-  s1 = preprocess.preprocess_videos(subset, out, shard=(1, 2), log=None)
+  s0 = preprocess.preprocess_videos(subset, out, shard=(0, 2), workers=2, progress=False)
+  s1 = preprocess.preprocess_videos(subset, out, shard=(1, 2), progress=False)
   assert s0["videos"] + s1["videos"] == len(chosen) and min(s0["videos"], s1["videos"]) > 0
   assert s0["written"] + s1["written"] == 4
   assert _clip_ids(out) == sorted(g[:-4] for g in GOOD[:4])
@@ -229,7 +230,7 @@ def test_shard_runs_and_pool(tree, tmp_path):
 
 def test_cli(tree, tmp_path, capsys):
   parser = argparse.ArgumentParser()
-  preprocess.register(parser.add_subparsers())
+  preprocess_cli.register(parser.add_subparsers())
   only = tmp_path / "videos"
   (only / "spk").mkdir(parents=True)
   shutil.copy(tree / GOOD[0], only / "spk" / "a.mp4")
@@ -267,5 +268,5 @@ def test_real_and_synthtalk_clips_load_through_the_same_pipeline(processed, tmp_
   assert real["target"].shape == (1, 4, 1, 64, 64, 3)
   # Per-frame ground truth where known: SynthTalk's exact codes; real clips keep their 68
   # landmarks (record pixels).
-  assert synthetic["truth"] and list(real["truth"]) == [preprocess.LANDMARKS_KEY]
-  assert real["truth"][preprocess.LANDMARKS_KEY].shape[-2:] == (68, 2)
+  assert synthetic["truth"] and list(real["truth"]) == [video_clip.LANDMARKS_KEY]
+  assert real["truth"][video_clip.LANDMARKS_KEY].shape[-2:] == (68, 2)
