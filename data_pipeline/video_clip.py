@@ -53,7 +53,7 @@ def process_video(path: str | os.PathLike, clip_id: str, identity: str, label: i
     InputError: with a problem text naming why the video cannot be used.
   """
   from pcavs_jax.data import audio as audio_lib
-  from pcavs_jax.data import face
+  from pcavs_jax.data import alignment, face
   info = media.probe(path)
   if not info.has_video:
     raise InputError(path, "file has no video stream", "no_video")
@@ -75,11 +75,11 @@ def process_video(path: str | os.PathLike, clip_id: str, identity: str, label: i
   wav = wav[:t * SAMPLES_PER_FRAME]
   media.check_speech(wav, path, min_frames=min_frames)
   start = time.perf_counter()
-  al = face.clip_alignment(frames, size=resolution, analyzer=face.get_analyzer(detector),
+  al = alignment.clip_alignment(frames, size=resolution, analyzer=face.get_analyzer(detector),
                            name=str(path))
   if notes is not None:
     notes.extend(al.notes)
-  aligned = face.align_frames(frames, al.transforms, resolution)
+  aligned = alignment.align_frames(frames, al.transforms, resolution)
   if timings is not None:
     timings["face"] = time.perf_counter() - start
   truth = ({LANDMARKS_KEY: al.aligned_landmarks().astype(np.float32)}

@@ -32,11 +32,11 @@ def template_proportioned(image: np.ndarray) -> np.ndarray:
   centre 1.22 eye distances below the eye line): the official alignment can then put the eyes
   and the mouth on the template at once. Other faces keep a residual (the least-squares fit)."""
   import cv2
-  from pcavs_jax.data import face
+  from pcavs_jax.data import alignment, face
   analyzer = face.get_analyzer()
   kp = face.keypoints_from_68(analyzer.landmarks(image, analyzer.detect(image)[0]))
   ratio = (kp[2, 1] - kp[:2, 1].mean()) / (kp[1, 0] - kp[0, 0])
-  t = face.TEMPLATE_224
+  t = alignment.TEMPLATE_224
   stretch = (t[2, 1] - t[0, 1]) / (t[1, 0] - t[0, 0]) / ratio
   h, w = image.shape[:2]
   return cv2.resize(image, (w, round(h * stretch)), interpolation=cv2.INTER_CUBIC)
@@ -132,11 +132,11 @@ def write_degraded(video: pathlib.Path, out: pathlib.Path, shift: float, blur: f
 
 def alignment_errors(aligned: np.ndarray) -> dict:
   """Errors of aligned frames against the official targets, from landmarks found on them."""
-  from pcavs_jax.data import face
+  from pcavs_jax.data import alignment, face
   analyzer = face.get_analyzer()
   track = face.track_faces(aligned, analyzer)
   kp = track.keypoints[track.found] * (224.0 / aligned.shape[1])
-  target = face.template(224)
+  target = alignment.template(224)
   mean = kp.mean(0)
   per_frame = np.linalg.norm(kp[:, 2] - target[2], axis=-1)
   return {"frames": int(len(aligned)), "frames_with_face": int(track.found.sum()),

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from pcavs_jax.data import face
+from pcavs_jax.data import alignment, face
 from pcavs_jax.data.media import InputError, read_image
 
 FACES = pathlib.Path(__file__).resolve().parents[2] / ".cache" / "test_faces"
@@ -46,19 +46,19 @@ def test_alignment_maps_keypoints_to_template(size):
   rng = np.random.default_rng(size)
   for _ in range(5):
     m = _random_similarity(rng)
-    src = face.apply_transform(m, face.TEMPLATE_224)  # keypoints of a face somewhere in a frame
-    t = face.alignment_transform(src[0], src[1], src[2], size=size)
-    np.testing.assert_allclose(face.apply_transform(t, src), face.TEMPLATE_224 * size / 224,
+    src = alignment.apply_transform(m, alignment.TEMPLATE_224)  # keypoints of a face somewhere in a frame
+    t = alignment.alignment_transform(src[0], src[1], src[2], size=size)
+    np.testing.assert_allclose(alignment.apply_transform(t, src), alignment.TEMPLATE_224 * size / 224,
                                atol=1e-9)
-  np.testing.assert_allclose(face.template(224), [[87, 59], [137, 59], [112, 120]])
+  np.testing.assert_allclose(alignment.template(224), [[87, 59], [137, 59], [112, 120]])
 
 
 def test_similarity_is_least_squares():
   """Against an independent closed form: complex least squares z' = a z + b."""
   rng = np.random.default_rng(0)
   src = rng.uniform(0, 200, (3, 2))
-  dst = face.template(224)
-  m = face.similarity_transform(src, dst)
+  dst = alignment.template(224)
+  m = alignment.similarity_transform(src, dst)
   z, w = src[:, 0] + 1j * src[:, 1], dst[:, 0] + 1j * dst[:, 1]
   (a, b), *_ = np.linalg.lstsq(np.stack([z, np.ones(3)], 1), w, rcond=None)
   np.testing.assert_allclose(m, [[a.real, -a.imag, b.real], [a.imag, a.real, b.imag]],
@@ -67,9 +67,9 @@ def test_similarity_is_least_squares():
 
 def test_alignment_rejects_degenerate_keypoints():
   with pytest.raises(ValueError, match="coincide"):
-    face.alignment_transform([10, 10], [10, 10], [10, 30])
+    alignment.alignment_transform([10, 10], [10, 10], [10, 30])
   with pytest.raises(ValueError, match="finite"):
-    face.alignment_transform([np.nan, 10], [20, 10], [10, 30])
+    alignment.alignment_transform([np.nan, 10], [20, 10], [10, 30])
 
 
 def _dots_image(points: np.ndarray, shape: tuple[int, int], radius: int) -> np.ndarray:
@@ -97,15 +97,15 @@ def test_align_frames_puts_points_on_template(scale, size):
   angle = 0.3
   c, s = scale * np.cos(angle), scale * np.sin(angle)
   m = np.array([[c, -s, 30.0], [s, c, 20.0]])
-  pts = face.apply_transform(m, face.TEMPLATE_224)
+  pts = alignment.apply_transform(m, alignment.TEMPLATE_224)
   shape = (int(pts[:, 1].max() + 60), int(pts[:, 0].max() + 60))
   frame = _dots_image(pts, shape, radius=int(4 * scale))
-  t = face.alignment_transform(*pts, size=size)
-  out = face.align_frames(np.stack([frame, frame]), t, size)
+  t = alignment.alignment_transform(*pts, size=size)
+  out = alignment.align_frames(np.stack([frame, frame]), t, size)
   assert out.shape == (2, size, size, 3) and out.dtype == np.uint8
   for k in range(3):
-    np.testing.assert_allclose(_centroid(out[1], k), face.template(size)[k], atol=0.35)
-  np.testing.assert_array_equal(face.align_frames(frame, t, size), out[0])
+    np.testing.assert_allclose(_centroid(out[1], k), alignment.template(size)[k], atol=0.35)
+  np.testing.assert_array_equal(alignment.align_frames(frame, t, size), out[0])
 
 
 def test_models_are_installed():
@@ -143,23 +143,23 @@ def test_no_face_is_an_input_error():
     face.detect_face(noise, name="flat.png")
   assert e.value.kind == "no_face"
   with pytest.raises(InputError, match=r"clip.mp4: no face found \(a usable face in 0 of 4"):
-    face.clip_alignment(np.stack([noise] * 4), name="clip.mp4")
+    alignment.clip_alignment(np.stack([noise] * 4), name="clip.mp4")
   with pytest.raises(InputError, match="black.png: no face found$"):
-    face.align_image(np.zeros((100, 100, 3), np.uint8), name="black.png")
+    alignment.align_image(np.zeros((100, 100, 3), np.uint8), name="black.png")
 
 
 def test_official_transforms_smoothing_and_gaps():
   """Against an independent loop: one similarity from the clip mean, then the mouth bias."""
   rng = np.random.default_rng(1)
-  base = face.apply_transform(np.array([[1.3, 0.1, 40], [-0.1, 1.3, 30]]), face.TEMPLATE_224)
+  base = alignment.apply_transform(np.array([[1.3, 0.1, 40], [-0.1, 1.3, 30]]), alignment.TEMPLATE_224)
   kp = base + rng.normal(0, 3, (6, 3, 2))
   found = np.array([True, True, False, True, True, True])
-  clip, per = face.official_transforms(kp, found, 224)
-  np.testing.assert_allclose(clip, face.similarity_transform(kp[found].mean(0), face.TEMPLATE_224))
+  clip, per = alignment.official_transforms(kp, found, 224)
+  np.testing.assert_allclose(clip, alignment.similarity_transform(kp[found].mean(0), alignment.TEMPLATE_224))
   kp[2] = (kp[1] + kp[3]) / 2                        # a frame without a face: interpolated
   b_prev = None
   for t in range(6):
-    b = np.array([112.0, 120.0]) - face.apply_transform(clip, kp[t, 2])
+    b = np.array([112.0, 120.0]) - alignment.apply_transform(clip, kp[t, 2])
     b = b if b_prev is None else 0.2 * b_prev + 0.8 * b
     np.testing.assert_allclose(per[t, :, 2], clip[:, 2] + b, atol=1e-9)
     np.testing.assert_allclose(per[t, :, :2], clip[:, :2])
@@ -197,29 +197,29 @@ def test_official_alignment_on_a_head_moving_video(astronaut):
   """Landmarks found again on the aligned frames: clip-mean eyes on the template within 1.5 px,
   every frame's mouth centre within 2 px of (112, 120)."""
   frames = _moving(_stretched(astronaut), 30)
-  al = face.clip_alignment(frames, name="moving.mp4")
+  al = alignment.clip_alignment(frames, name="moving.mp4")
   assert al.source == "landmarks" and al.frames_used == list(range(30)) and not al.notes
-  kp = _found_again(face.align_frames(frames, al.transforms, 224))
-  assert np.linalg.norm(kp[:, :2].mean(0) - face.TEMPLATE_224[:2], axis=-1).max() < 1.5
-  assert np.linalg.norm(kp[:, 2] - face.TEMPLATE_224[2], axis=-1).max() < 2.0
+  kp = _found_again(alignment.align_frames(frames, al.transforms, 224))
+  assert np.linalg.norm(kp[:, :2].mean(0) - alignment.TEMPLATE_224[:2], axis=-1).max() < 1.5
+  assert np.linalg.norm(kp[:, 2] - alignment.TEMPLATE_224[2], axis=-1).max() < 2.0
   # The stored landmarks are those of the aligned frames.
   np.testing.assert_allclose(face.keypoints_from_68(al.aligned_landmarks()), kp, atol=2.0)
   # At another size the template scales.
-  kp128 = _found_again(face.align_frames(frames[:4], al.transforms[:4] * [[128 / 224]], 128))
-  assert np.linalg.norm(kp128[:, 2] - face.template(128)[2], axis=-1).max() < 2.0
+  kp128 = _found_again(alignment.align_frames(frames[:4], al.transforms[:4] * [[128 / 224]], 128))
+  assert np.linalg.norm(kp128[:, 2] - alignment.template(128)[2], axis=-1).max() < 2.0
 
 
 def test_official_alignment_keeps_the_face_proportions(astronaut):
   """A face whose proportions differ from the template: the least-squares similarity cannot put
   all three points on it; the mouth is pinned and the eyes carry the residual (as officially)."""
   frames = _moving(astronaut, 30)
-  al = face.clip_alignment(frames)
-  kp = _found_again(face.align_frames(frames, al.transforms, 224))
-  assert np.linalg.norm(kp[:, 2] - face.TEMPLATE_224[2], axis=-1).max() < 2.0
+  al = alignment.clip_alignment(frames)
+  kp = _found_again(alignment.align_frames(frames, al.transforms, 224))
+  assert np.linalg.norm(kp[:, 2] - alignment.TEMPLATE_224[2], axis=-1).max() < 2.0
   photo = np.vstack([ASTRONAUT_EYES, ASTRONAUT_MOUTH])
-  fit = face.similarity_transform(photo, face.TEMPLATE_224)
-  expected = face.apply_transform(fit, photo)
-  expected += face.TEMPLATE_224[2] - expected[2]     # the mouth translation
+  fit = alignment.similarity_transform(photo, alignment.TEMPLATE_224)
+  expected = alignment.apply_transform(fit, photo)
+  expected += alignment.TEMPLATE_224[2] - expected[2]     # the mouth translation
   np.testing.assert_allclose(kp[:, :2].mean(0), expected[:2], atol=1.5)
 
 
@@ -228,7 +228,7 @@ def test_several_faces_use_the_largest_with_a_note(astronaut):
   canvas = np.zeros((512, 800, 3), np.uint8)
   canvas[:, :512] = astronaut
   canvas[100:356, 540:796] = small
-  al = face.clip_alignment(np.stack([canvas] * 3), name="two.mp4")
+  al = alignment.clip_alignment(np.stack([canvas] * 3), name="two.mp4")
   assert al.track.counts["several"] == 3
   assert al.notes == ["two.mp4: several faces in 3 of 3 frames: the largest used"]
   np.testing.assert_allclose(al.keypoints[:2], ASTRONAUT_EYES, atol=1.5)
@@ -244,7 +244,7 @@ def test_profile_face_is_reported(astronaut, monkeypatch):
   assert face.landmark_problem(profile, box) == "profile face: the 68 landmarks cannot fit"
   monkeypatch.setattr(analyzer, "landmarks", lambda image, box: profile)
   with pytest.raises(InputError, match="side.png: profile face: the 68 landmarks cannot fit") as e:
-    face.clip_alignment(astronaut[None], analyzer=analyzer, name="side.png")
+    alignment.clip_alignment(astronaut[None], analyzer=analyzer, name="side.png")
   assert e.value.kind == "profile_face"
 
 
@@ -252,7 +252,7 @@ def test_csim_same_person_beats_different_people(photos, astronaut):
   analyzer = face.get_analyzer()
   desc = {}
   for name, image in {**photos, "astronaut": astronaut}.items():
-    al = face.clip_alignment(image[None], analyzer=analyzer, name=name)
+    al = alignment.clip_alignment(image[None], analyzer=analyzer, name=name)
     desc[name] = analyzer.descriptor(image, al.track.landmarks[0])
   same = [face.cosine_similarity(desc[a], desc[b])
           for a, b in (("obama", "obama2"), ("obama", "obama3"), ("obama2", "obama3"))]
@@ -281,7 +281,7 @@ def test_haar_fallback_without_dlib(astronaut, monkeypatch):
   monkeypatch.setattr(face, "dlib_available", lambda: False)
   analyzer = face.FaceAnalyzer("hog")
   assert analyzer.detector == "haar" and not analyzer.has_landmarks and "Haar" in analyzer.note
-  al = face.clip_alignment(astronaut[None], analyzer=analyzer)
+  al = alignment.clip_alignment(astronaut[None], analyzer=analyzer)
   assert al.source == "box" and np.isnan(al.aligned_landmarks()).all()
   np.testing.assert_allclose(al.keypoints[:2], ASTRONAUT_EYES, atol=6)
 
