@@ -63,7 +63,6 @@ def main() -> None:
   from pcavs_jax.data.synthtalk import eval_sets
   from pcavs_jax.evaluate import scoring
   from pcavs_jax.data import input_pipeline
-  from pcavs_jax.evaluate.mechanisms import target_ratios
   from pcavs_jax.models.encoders import IdentityEncoder
   from pcavs_jax.models.generator import Generator, generator_channels, start_size
   from pcavs_jax.models.pcavs import identity_dim
@@ -121,7 +120,7 @@ def main() -> None:
       generated[t.triple_id] = np.asarray(draw(params, stats, reference, codes))
     summary = scoring.score(generated, eval_set, value_range=(-1.0, 1.0))
     summary.pop("per_triple")
-    summary.update(target_ratios(summary, baselines))
+    summary.update(scoring.target_ratios(summary, baselines))
     return {k: round(float(v), 4) for k, v in summary.items() if k in REPORTED}
 
   config.data.augment_pose_source = False   # no pose source is read

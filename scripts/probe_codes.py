@@ -22,13 +22,11 @@ def main() -> None:
   a = p.parse_args()
   from pcavs_jax.data.synthtalk import eval_sets
   from pcavs_jax.checkpoint import load_checkpoint
+  from pcavs_jax.evaluate import report as ev_report
   from pcavs_jax.evaluate.mechanisms import probe_codes
   model, variables = load_checkpoint(a.checkpoint, step=a.step, ema=a.ema)
   report = probe_codes(model, variables, eval_sets.load_eval_set(a.eval_set))
-  keys = list(report["pose_code_r2"])
-  print(f"{'':22s}" + "".join(f"{k:>11s}" for k in keys))
-  for name, row in report.items():
-    print(f"{name:22s}" + "".join(f"{row[k]:11.2f}" if k in row else f"{'':11s}" for k in keys))
+  print(ev_report.table(list(report.items()), [(k, k, "{:.2f}") for k in report["pose_code_r2"]]))
 
 
 if __name__ == "__main__":

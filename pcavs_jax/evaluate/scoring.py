@@ -1,8 +1,8 @@
 """Scores generated cross-driven videos against SynthTalk's exact truth, and the baselines.
 
 Metrics per triple (then averaged over triples):
-- ssim: mean per-frame SSIM (skimage, RGB, data range 255); 1 for the truth.
-- psnr: PSNR over the whole clip (skimage), capped at 100 dB (identical frames).
+- ssim, psnr: `metrics.ssim` and `metrics.psnr`, the project's one definition of each (means over
+  frames; PSNR in dB, each frame capped at 100); SSIM 1 and PSNR 100 for the truth.
 - mouth_err: mean |openness| and |width| difference, each in units of its range [0, 1],
   between the analyzer's reading of the generated frames and of the truth frames.
 - pose_err: mean over yaw, pitch and roll of |difference| / range (60, 40, 30 degrees), same
@@ -20,20 +20,29 @@ Metrics per triple (then averaged over triples):
 Comparing analyzer readings of generated and truth frames (not the stored truth values) makes
 the truth score exactly zero error; the analyzer's own error on truth frames is reported by the
 tests and the closing note.
+
+Baselines (`baseline_frames`) are scored once, when a set is written, into the set's baselines file
+(`eval_sets.baselines_path`); `read_baselines` is its one reader. The targets are judged by
+ratios to two of them (`target_ratios`). `evaluate_synthtalk` scores generated video files
+(`pcavs-jax evaluate --synthtalk`).
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+import pathlib
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-import cv2
 import numpy as np
-from skimage import metrics
 
-from pcavs_jax.data.synthtalk import analyzer
-from pcavs_jax.data.synthtalk import render
+from pcavs_jax.data import media
+from pcavs_jax.data.media import InputError
+from pcavs_jax.data.synthtalk import analyzer, eval_sets, render
 from pcavs_jax.data.synthtalk.eval_sets import CrossTriple, EvalSet
+from pcavs_jax.evaluate import metrics, videos
 
 POSE_RANGES = {"yaw": 60.0, "pitch": 40.0, "roll": 30.0}
 HEAD_WIDTH_RANGE = 12.0
@@ -42,6 +51,9 @@ BASELINES = ("static_mouth", "reference_pose", "other_audio", "other_identity", 
 SUMMARY_KEYS = ("ssim", "psnr", "mouth_err", "mouth_open_err", "mouth_width_err", "pose_err",
                 "yaw_err", "pitch_err", "roll_err", "identity_err", "lag", "abs_lag", "sync",
                 "sync0", "analysis_failures")
+# The ratios the targets are judged by: ratio -> (the error, the baseline it is divided by).
+RATIO_BASELINES = {"mouth_ratio": ("mouth_err", "static_mouth"),
+                   "pose_ratio": ("pose_err", "reference_pose")}
 
 
 def to_uint8(frames: np.ndarray, size: int,
@@ -60,17 +72,7 @@ def to_uint8(frames: np.ndarray, size: int,
       value_range = (-1.0, 1.0) if x.min() < 0 else (0.0, 1.0) if x.max() <= 1.0 else (0.0, 255.0)
     lo, hi = value_range
     x = np.clip(np.rint((x - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
-  if x.shape[1:3] != (size, size):
-    interp = cv2.INTER_AREA if x.shape[1] > size else cv2.INTER_LINEAR
-    x = np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in x])
-  return x
-
-
-def _psnr(gen: np.ndarray, truth: np.ndarray) -> float:
-  """PSNR over the whole clip, 100 dB for identical frames."""
-  mse = float(np.mean((gen.astype(np.float64) - truth.astype(np.float64)) ** 2))
-  return 100.0 if mse == 0 else min(100.0, float(metrics.peak_signal_noise_ratio(
-      truth, gen, data_range=255)))
+  return media.resize(x, size, size)
 
 
 def lagged_correlation(g: np.ndarray, h: np.ndarray, max_lag: int) -> tuple[float, float, float]:
@@ -122,11 +124,7 @@ def _score_triple(generated, triple, max_lag, value_range) -> dict[str, float]:
   gen, truth = gen[:t], truth[:t]
   ref = {k: v[:t] for k, v in triple.readout.items()}
   read = analyzer.analyze_frames(gen)
-  out = {
-      "ssim": float(np.mean([metrics.structural_similarity(g, h, channel_axis=-1, data_range=255)
-                             for g, h in zip(gen, truth)])),
-      "psnr": _psnr(gen, truth),
-  }
+  out = {"ssim": metrics.ssim(gen, truth), "psnr": metrics.psnr(gen, truth)}
   d_open = np.abs(read["mouth_open"] - ref["mouth_open"])
   d_width = np.abs(read["mouth_width"] - ref["mouth_width"])
   out["mouth_open_err"] = float(np.nanmean(d_open))
@@ -224,3 +222,80 @@ def baseline_scores(eval_set: EvalSet, names: Sequence[str] = BASELINES,
   for name in names:
     out[name] = score(baseline_frames(eval_set, name), eval_set, max_lag)
   return out
+
+
+# ------------------------------------------------------------------- stored baselines, ratios
+
+
+def target_ratios(model: Mapping[str, float], baselines: Mapping[str, Mapping[str, float]]
+                  ) -> dict[str, float]:
+  """The ratios the targets are judged by: mouth error / static-mouth baseline's, pose error /
+  reference-pose baseline's."""
+  return {ratio: model[key] / baselines[name][key]
+          for ratio, (key, name) in RATIO_BASELINES.items()}
+
+
+def read_baselines(set_path: str | os.PathLike) -> dict[str, dict]:
+  """The baselines' scores stored beside a set (`baseline_scores`, with 'per_triple'):
+  {name: summary}; {} when the set was written without them."""
+  path = eval_sets.baselines_path(set_path)
+  if not path.exists():
+    return {}
+  return {name: s for name, s in json.loads(path.read_text()).items()
+          if isinstance(s, dict) and "per_triple" in s}
+
+
+def baseline_rows(set_path: str | os.PathLike, eval_set: EvalSet,
+                  triples: Sequence[str] | None = None) -> dict[str, dict]:
+  """The baselines' summaries over `triples` (default: all): from the stored scores, else
+  the ratio baselines and copy_reference scored now."""
+  ids = list(triples or [t.triple_id for t in eval_set.triples])
+  stored = read_baselines(set_path)
+  if not stored:
+    sub = EvalSet(eval_set.resolution, [eval_set[i] for i in ids])
+    stored = baseline_scores(sub, names=tuple(n for _, n in RATIO_BASELINES.values()) +
+                             ("copy_reference",))
+  return {name: summarise({i: s["per_triple"][i] for i in ids}) for name, s in stored.items()}
+
+
+# ------------------------------------------------------------------------ generated video files
+
+
+def evaluate_synthtalk(generated: str | os.PathLike, eval_set_path: str | os.PathLike, *,
+                       max_lag: int = 5, cpbd_every: int = 1) -> dict[str, Any]:
+  """Scores generated cross-driven videos (`<triple_id>.mp4` or frames folders) on SynthTalk.
+
+  The exact measures come from `score`, with the CPBD of the generated frames
+  (`metrics.mean_cpbd`); triples without a generated video are listed as missing and left out
+  of the means. The stored baselines' summaries (`read_baselines`) are reported beside them.
+
+  Raises:
+    InputError: unreadable inputs, or no triple has a generated video.
+  """
+  es_path = pathlib.Path(eval_set_path)
+  if not es_path.exists():
+    raise InputError(es_path, "SynthTalk evaluation set not found", "missing")
+  eval_set = eval_sets.load_eval_set(es_path)
+  gens = videos.collect(generated)
+  present = [tr for tr in eval_set.triples if tr.triple_id in gens]
+  missing = [tr.triple_id for tr in eval_set.triples if tr.triple_id not in gens]
+  if not present:
+    raise InputError(generated, f"no generated video named like the set's triples "
+                                f"({eval_set.triples[0].triple_id}.mp4, ...)", "missing")
+  frames = {tr.triple_id: videos.read_frames(gens[tr.triple_id]) for tr in present}
+  summary = score(frames, EvalSet(eval_set.resolution, present), max_lag)
+  per = summary.pop("per_triple")
+  for tid, f in frames.items():
+    per[tid]["cpbd"] = metrics.mean_cpbd(to_uint8(f, eval_set.resolution), cpbd_every)
+  summary["cpbd"] = metrics.nanmean([p["cpbd"] for p in per.values()])
+  notes = []
+  if missing:
+    notes.append(f"{len(missing)} of {len(eval_set)} triples have no generated video: "
+                 "left out of the means")
+  baselines = {name: {k: v for k, v in s.items() if k != "per_triple"}
+               for name, s in read_baselines(es_path).items()}
+  if baselines and missing:
+    notes.append("baselines are scored on all triples")
+  return {"mode": "synthtalk", "generated": str(generated), "eval_set": str(es_path),
+          "metrics": summary, "per_video": per, "missing": missing, "baselines": baselines,
+          "notes": notes, "not_supported": videos.NOT_SUPPORTED}

@@ -1,5 +1,5 @@
-"""Evaluation: CPBD from its definition, SSIM / PSNR / LMD, pairing videos with their truth,
-clip-record truth, SynthTalk's exact measures, the JSON report and the printed table."""
+"""Paired evaluation: face measures, pairing videos with their truth (files, folders, clip
+records), the JSON report and the printed table of `pcavs-jax evaluate`."""
 import argparse
 import json
 import math
@@ -10,9 +10,11 @@ import pytest
 from skimage import data, filters
 
 import inference_testutil as util
-from pcavs_jax.evaluate import videos as ev
-from pcavs_jax.infer import inference
+from pcavs_jax.cli import evaluate as evaluate_cli
 from pcavs_jax.data import media
+from pcavs_jax.evaluate import report as ev_report
+from pcavs_jax.evaluate import videos as ev
+from pcavs_jax import infer
 
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -20,51 +22,6 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return img
   return filters.gaussian(img, sigma=sigma, channel_axis=-1, preserve_range=True).round(
       ).astype(np.uint8)
-
-
-# ----------------------------------------------------------------------------------------- CPBD
-
-
-def test_edge_width_of_a_linear_ramp_is_its_length():
-  g = np.zeros((5, 40))
-  g[:, 10:21] = np.linspace(0, 255, 11)   # rises over 10 pixel steps
-  g[:, 21:] = 255
-  edges = np.zeros_like(g, bool)
-  edges[2, 15] = True
-  assert ev.edge_widths(g, edges)[2, 15] == 10
-  falling = 255 - g                          # a 180-degree edge measures the same
-  assert ev.edge_widths(falling, edges)[2, 15] == 10
-
-
-def test_cpbd_sharp_step_and_wide_ramp():
-  step = np.zeros((128, 128), np.uint8)
-  step[:, 64:] = 200                         # width 2 < JNB 3: blur not detected
-  assert ev.cpbd(step) == 1.0
-  ramp = np.zeros((128, 128))
-  ramp[:, 50:60] = np.linspace(0, 200, 12)[1:11]
-  ramp[:, 60:] = 200                         # width ~11 >> 3: blur detected at every edge
-  assert ev.cpbd(ramp.astype(np.uint8)) == 0.0
-  assert math.isnan(ev.cpbd(np.full((128, 128, 3), 90, np.uint8)))  # no edge at all
-
-
-def test_cpbd_falls_as_a_photo_blurs():
-  img = data.astronaut()
-  values = [ev.cpbd(_blur(img, s)) for s in (0, 0.5, 1.0, 2.0)]
-  assert all(a > b for a, b in zip(values, values[1:])), values
-  assert 0.2 < values[0] < 0.8   # natural photos sit in the middle of the scale
-
-
-# ------------------------------------------------------------------------------ paired measures
-
-
-def test_ssim_psnr_identical_and_noisy():
-  rng = np.random.default_rng(0)
-  a = np.stack([data.astronaut()[i * 40:i * 40 + 64, 150:214] for i in range(3)])
-  assert ev.ssim(a, a) == pytest.approx(1.0) and ev.psnr(a, a) == 100.0
-  noisy = np.clip(a + rng.normal(0, 10, a.shape), 0, 255).astype(np.uint8)
-  mse = np.mean((noisy.astype(float) - a) ** 2, axis=(1, 2, 3))
-  assert ev.psnr(noisy, a) == pytest.approx(np.mean(10 * np.log10(255 ** 2 / mse)), rel=1e-6)
-  assert ev.ssim(noisy, a) < 0.9
 
 
 ROLL = 10 * np.sin(np.arange(8) / 2)   # degrees, counter-clockwise, of _head_moving's frames
@@ -112,14 +69,34 @@ def test_face_measures_of_a_video_against_itself_and_others(tmp_path):
   assert any("generated: no usable face in any frame" in n for n in blank["notes"])
 
 
-def test_pose_error_wraps_and_lmd_counts_mouth_points():
-  np.testing.assert_allclose(ev.pose_error_per_frame(np.array([[179.0, -10, 5]]),
-                                                     np.array([[-179.0, 10, 5]])), [[2, 20, 0]])
-  a = np.zeros((2, 68, 2))
-  b = a.copy()
-  b[:, 48:68] += (3.0, 4.0)       # every mouth point 5 px away
-  b[:, :48] += 100.0              # other points do not count
-  np.testing.assert_allclose(ev.lmd_per_frame(b, a), [5.0, 5.0])
+def test_face_measures_of_a_video_against_itself_and_others(tmp_path):
+  from pcavs_jax.data import face
+  video = _head_moving()
+  analyzer = face.get_analyzer()
+  same = ev.evaluate_pair(video, video, analyzer)
+  assert same["lmd"] == 0.0 and same["per_frame"]["lmd"] == [0.0] * len(video)
+  assert same["csim"] == pytest.approx(1.0)
+  assert same["pose_err_yaw"] == same["pose_err_pitch"] == same["pose_err_roll"] == 0.0
+  assert same["faces"] == {"generated": len(video), "truth": len(video)}
+  # Played backwards: mouths and poses differ by frame, the identity does not.
+  other = ev.evaluate_pair(video[::-1].copy(), video, analyzer)
+  assert other["lmd"] > 0.5 and other["csim"] > 0.95
+  assert other["pose_err_roll"] == pytest.approx(np.abs(ROLL - ROLL[::-1]).mean(), abs=1.5)
+  # A pose source: the reversed video against itself has no pose error.
+  posed = ev.evaluate_pair(video[::-1].copy(), video, analyzer, pose_source=video[::-1].copy())
+  assert posed["pose_err_roll"] == 0.0 and posed["lmd"] == other["lmd"]
+  # A reference photo: the astronaut's own descriptor; a cat has no face, named in one line.
+  media.write_image(tmp_path / "ref.png", data.astronaut())
+  media.write_image(tmp_path / "cat.png", data.chelsea())
+  referenced = ev.evaluate_pair(video, video, analyzer,
+                                reference=ev.reference_descriptor(tmp_path / "ref.png", analyzer))
+  assert referenced["csim"] > 0.95
+  with pytest.raises(media.InputError, match=r"cat.png: no face found$"):
+    ev.reference_descriptor(tmp_path / "cat.png", analyzer)
+  noise = np.random.default_rng(0).integers(90, 160, video.shape, dtype=np.uint8)
+  blank = ev.evaluate_pair(noise, video, analyzer)
+  assert math.isnan(blank["lmd"]) and math.isnan(blank["csim"]) and blank["faces"]["generated"] == 0
+  assert any("generated: no usable face in any frame" in n for n in blank["notes"])
 
 
 def test_evaluate_pair_resizes_and_cuts():
@@ -170,7 +147,7 @@ def test_evaluate_paths_folders(videos):
 
 def test_report_json_and_table(videos, tmp_path, capsys):
   parser = argparse.ArgumentParser()
-  ev.register(parser.add_subparsers())
+  evaluate_cli.register(parser.add_subparsers())
   args = parser.parse_args(["evaluate", "--generated", str(videos / "gen"), "--truth",
                             str(videos / "truth"), "--report", str(tmp_path / "r.json")])
   assert args.func(args) == 0
@@ -186,7 +163,7 @@ def test_report_json_and_table(videos, tmp_path, capsys):
   haar = ev.evaluate_paths(videos / "gen" / "a.mp4", videos / "truth" / "a.mp4",
                            analyzer=face.FaceAnalyzer("haar"))
   assert math.isnan(haar["metrics"]["lmd"]) and not haar["face_measures"]
-  assert "n/a" in ev.format_table(haar)
+  assert "n/a" in ev_report.format_table(haar)
   args = parser.parse_args(["evaluate", "--generated", str(videos / "gen" / "a.mp4"), "--truth",
                             str(videos / "truth" / "a.mp4"), "--reference",
                             str(videos / "cat.png"), "--report", str(tmp_path / "c.json")])
@@ -206,8 +183,8 @@ def checkpoint(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="module")
-def driver(checkpoint) -> inference.FrameDriver:
-  return inference.load_driver(checkpoint, 4)
+def driver(checkpoint) -> infer.FrameDriver:
+  return infer.load_driver(checkpoint, 4)
 
 
 def test_records_reconstruction_and_evaluation(driver, tmp_path):
@@ -216,68 +193,10 @@ def test_records_reconstruction_and_evaluation(driver, tmp_path):
   from data_pipeline.synthtalk import generate as st_generate
   clips = list(st_generate.generate_clips(0, [0, 1], 1, 8, 64))
   records.write_clips(clips, tmp_path / "rec", "test")
-  jobs = list(inference.record_jobs(tmp_path / "rec", "test", driver.resolution))
+  jobs = list(infer.record_jobs(tmp_path / "rec", "test", driver.resolution))
   assert [j.name for j in jobs] == [c.clip_id for c in clips]
-  summary = inference.run_jobs(jobs, driver, tmp_path / "gen", progress=False)
+  summary = infer.run_jobs(jobs, driver, tmp_path / "gen", progress=False)
   assert summary["counts"] == {"ok": 2}
   report = ev.evaluate_paths(tmp_path / "gen", tmp_path / "rec", split="test")
   assert set(report["per_video"]) == {c.clip_id for c in clips}
   assert report["metrics"]["frames"] == 16
-
-
-@pytest.mark.filterwarnings("ignore:Mean of empty slice")  # random weights: nothing to read
-def test_synthtalk_exact_measures(checkpoint, tmp_path, capsys):
-  """The demo's flow: `generate --synthtalk SET` then `evaluate --synthtalk SET`."""
-  from pcavs_jax.data.synthtalk import eval_sets
-  from pcavs_jax.evaluate import scoring
-  from data_pipeline.synthtalk import generate as st_generate
-  clips = list(st_generate.generate_clips(0, [0, 1, 2], 1, 12, 64))
-  eval_set = eval_sets.build_eval_set(clips, 2)
-  es_path = eval_sets.save_eval_set(eval_set, tmp_path / "cross_driven" / "eval_set.npz")
-  baselines = scoring.baseline_scores(eval_set, names=("copy_reference",))
-  (tmp_path / "cross_driven" / "baselines.json").write_text(json.dumps(baselines))
-  # The truth itself, as frames (lossless): every exact error is zero.
-  for tr in eval_set.triples:
-    for i, frame in enumerate(tr.truth_frames):
-      media.write_image(tmp_path / "truth_as_generated" / tr.triple_id / f"{i:06d}.png", frame)
-  perfect = ev.evaluate_synthtalk(tmp_path / "truth_as_generated", es_path)
-  assert perfect["metrics"]["mouth_err"] == 0 and perfect["metrics"]["pose_err"] == 0
-  assert perfect["metrics"]["psnr"] == 100 and set(perfect["baselines"]) == {"truth",
-                                                                              "copy_reference"}
-  jobs = list(inference.eval_set_jobs(eval_set, 64))
-  assert [j.name for j in jobs] == ["x000", "x001"] and jobs[0].num_frames == 12
-
-  parser = argparse.ArgumentParser()
-  sub = parser.add_subparsers()
-  inference.register(sub)
-  ev.register(sub)
-  gen = tmp_path / "gen"
-  args = parser.parse_args(["generate", "--checkpoint", str(checkpoint), "--synthtalk",
-                            str(es_path), "--out", str(gen), "--panel", "--no-progress"])
-  assert args.func(args) == 0
-  assert media.probe(gen / "x000.mp4").has_audio and (gen / "x001_panel.mp4").exists()
-  (gen / "x001.mp4").unlink()   # one triple left without a video
-  args = parser.parse_args(["evaluate", "--generated", str(gen), "--synthtalk", str(es_path)])
-  assert args.func(args) == 0
-  report = json.loads((gen / "evaluation.json").read_text())
-  assert report["missing"] == ["x001"] and list(report["per_video"]) == ["x000"]
-  for key in ("ssim", "psnr", "mouth_err", "pose_err", "identity_err", "sync", "cpbd"):
-    assert key in report["metrics"]
-  table = capsys.readouterr().out
-  assert "baseline copy_reference" in table and "mouth err" in table
-  assert "1 of 2 triples have no generated video" in table
-
-
-def test_heldout_r2_reads_linear_codes_and_not_noise():
-  from pcavs_jax.evaluate.mechanisms import heldout_r2
-  rng = np.random.default_rng(0)
-  truth = rng.normal(size=(300, 2))
-  train = np.arange(300) < 200
-  mixed = truth @ rng.normal(size=(2, 6)) + 0.01 * rng.normal(size=(300, 6))
-  np.testing.assert_allclose(heldout_r2(mixed, truth, train), 1.0, atol=1e-2)
-  noise = rng.normal(size=(300, 6))
-  assert np.all(heldout_r2(noise, truth, train) < 0.1)
-  # One target carried, one not.
-  half = np.concatenate([truth[:, :1], noise], axis=1)
-  r2 = heldout_r2(half, truth, train)
-  assert r2[0] > 0.95 and r2[1] < 0.1
