@@ -49,6 +49,7 @@ def main() -> None:
   from ml_collections import config_flags  # noqa: F401  (config files may import it)
 
   sys.path.insert(0, os.getcwd())
+  from pcavs_jax.train import runtime
   from pcavs_jax.train import trainer as train
   from pcavs_jax.train import steps as train_steps
   from pcavs_jax.models.pcavs import build_discriminator, build_model
@@ -68,7 +69,7 @@ def main() -> None:
   model = build_model(config.model).clone(bn_axis_name=train_steps.AXIS)
   disc = build_discriminator(config.model)
   state = jax_utils.replicate(train.initial_state(config, model, disc))
-  step = train.pmapped_train_step(model, disc, config, config.train.stage)
+  step = runtime.pmapped_train_step(model, disc, config, config.train.stage)
   r, per = config.model.resolution, bs // n
   rng = np.random.default_rng(0)
   image = lambda *s: rng.uniform(-1, 1, (n, per) + s + (r, r, 3)).astype(np.float32)

@@ -4,7 +4,8 @@
       two train steps on a fixed global batch of 8 over N simulated CPU devices
   python tests/train_worker.py distributed --process-id I --num-processes P --port PORT \
       --records DIR --workdir DIR --out F.json
-      `train_and_evaluate` as process I of P (CPU collectives over localhost)
+      `train_and_evaluate` as process I of P (CPU collectives over localhost); --steps,
+      --checkpoint-every and --stage change the 2-step full-stage run
 """
 import argparse
 import json
@@ -24,6 +25,9 @@ def _args() -> argparse.Namespace:
   p.add_argument("--port", type=int, default=0)
   p.add_argument("--records", default="")
   p.add_argument("--workdir", default="")
+  p.add_argument("--steps", type=int, default=2)
+  p.add_argument("--checkpoint-every", type=int, default=2)
+  p.add_argument("--stage", default="full")
   p.add_argument("--out", required=True)
   return p.parse_args()
 
@@ -54,6 +58,7 @@ def run_steps(devices: int) -> dict:
   import numpy as np
   from flax import jax_utils
 
+  from pcavs_jax.train import runtime
   from pcavs_jax.train import trainer as train
   from pcavs_jax.train import steps as train_steps
   from pcavs_jax.models.pcavs import build_discriminator, build_model
@@ -61,7 +66,7 @@ def run_steps(devices: int) -> dict:
   model = build_model(config.model).clone(bn_axis_name=train_steps.AXIS)
   disc = build_discriminator(config.model)
   state = jax_utils.replicate(train.initial_state(config, model, disc))
-  step = train.pmapped_train_step(model, disc, config, config.train.stage)
+  step = runtime.pmapped_train_step(model, disc, config, config.train.stage)
   rng = np.random.default_rng(0)
   r, b = config.model.resolution, config.data.batch_size
   batch = {"target": rng.uniform(-1, 1, (b, 1, r, r, 3)), "pose_source": rng.uniform(-1, 1, (b, 1, r, r, 3)),
@@ -82,9 +87,10 @@ def run_distributed(args) -> dict:
 
   from pcavs_jax.train import trainer as train
   config = _config(args.records)
-  config.num_train_steps = 2
+  config.num_train_steps = args.steps
   config.log_every = 1
-  config.checkpoint_every = 2
+  config.checkpoint_every = args.checkpoint_every
+  config.train.stage = args.stage
   config.distributed = ml_collections.ConfigDict({
       "coordinator_address": f"localhost:{args.port}", "num_processes": args.num_processes,
       "process_id": args.process_id})

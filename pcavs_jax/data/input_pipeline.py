@@ -36,6 +36,7 @@ resumed run a fresh data order, as in scenic.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -154,6 +155,15 @@ def host_records(files: list[str], process_index: int, process_count: int, *,
                          block_length=1, num_parallel_calls=AUTOTUNE, deterministic=True)
   ds = tf.data.TFRecordDataset(files).shard(process_count, process_index)
   return ds.repeat()
+
+
+def _split_files(data_dir: str, split: str) -> list[str]:
+  """The shard files of `split`; raises ValueError naming data_dir and the split if none."""
+  files = [str(p) for p in records.list_shards(data_dir, split)]
+  if not files:
+    where = "no such folder" if not os.path.isdir(data_dir) else f"no {split}/*.tfrecord shards"
+    raise ValueError(f"data_dir {data_dir!r} holds no records of split {split!r} ({where})")
+  return files
 
 
 def _split_info(data_dir: str, split: str, files: list[str]) -> dict:
@@ -430,7 +440,7 @@ def create_train_dataset(config: ml_collections.ConfigDict, data_dir: str, *, se
   if cfg.reference_source not in ("identity", "clip"):
     raise ValueError(f"reference_source must be 'identity' or 'clip', got {cfg.reference_source!r}")
   local_bs = cfg.batch_size // pc
-  files = [str(p) for p in records.list_shards(data_dir, cfg.split)]
+  files = _split_files(data_dir, cfg.split)
   info = _split_info(data_dir, cfg.split, files)
   base_seed = data_seed(seed, start_step, pi)
 

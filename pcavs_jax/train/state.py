@@ -152,8 +152,3 @@ def gradient_norms(grads: Mapping[str, PyTree]) -> dict[str, jax.Array]:
   """Global L2 norm of the gradients of each top-level entry (network) of `grads`."""
   return {name: optax.global_norm(g) for name, g in grads.items()}
 
-
-# Moved to `optimizers` / `stages`; kept here until configs, cli/demo.py and test_configs.py
-# import them from there.
-from pcavs_jax.train.optimizers import train_config  # noqa: E402,F401
-from pcavs_jax.train.stages import stage_at, stage_schedule  # noqa: E402,F401

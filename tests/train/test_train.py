@@ -135,10 +135,40 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(records, tmp_path, mo
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(variables["params"]))
 
 
+def test_the_training_probe_runs_every_eval_every_steps(records, tmp_path):
+  """The caller's probe factory gets the eval-mode model; its measures go to mechanisms.jsonl
+  and `on_log`."""
+  calls, logged = [], []
+
+  def factory(config, model):
+    assert model.bn_axis_name is None and config.eval_every == 2
+
+    def probe(variables):
+      calls.append(variables)
+      return {"seen/mouth_ratio": 0.5 * len(calls), "probe_seconds": 0.0}
+    return probe
+
+  config = tiny_config(records, 4, eval_every=2, checkpoint_every=4)
+  train.train_and_evaluate(config, str(tmp_path), probe_factory=factory,
+                           on_log=lambda step, scalars: logged.append((step, scalars)))
+  assert len(calls) == 2 and set(calls[0]) == {"params", "batch_stats"}
+  from pcavs_jax.data.files import read_jsonl
+  rows = read_jsonl(tmp_path / "mechanisms.jsonl")
+  assert [(r["step"], r["seen/mouth_ratio"]) for r in rows] == [(2, 0.5), (4, 1.0)]
+  assert [s for s, scalars in logged if "seen/mouth_ratio" in scalars] == [2, 4]
+  with pytest.raises(ValueError, match="not both"):
+    train.train_and_evaluate(config, str(tmp_path), probe=lambda v: {}, probe_factory=factory)
+
+
+def test_a_data_dir_without_records_is_named(tmp_path):
+  with pytest.raises(ValueError, match=r"data_dir .* no records of split 'train'"):
+    next(train.train_batches(tiny_config(str(tmp_path), 1), 0))
+
+
 def test_sigterm_saves_and_exits(records, tmp_path):
   script = (f"import sys; sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(pathlib.Path(__file__).parents[1])!r})\n"
             "from test_train import tiny_config\n"
-            "from pcavs_jax import train\n"
+            "from pcavs_jax.train import trainer as train\n"
             # The identity stage compiles in a fraction of the full step's time; the signal
             # handling does not depend on the stage.
             f"c = tiny_config({records!r}, 100000, checkpoint_every=100000, "
@@ -266,7 +296,7 @@ def test_a_rerun_reads_every_compiled_program_from_the_persistent_cache(records,
               f"sys.path.insert(0, {str(pathlib.Path(__file__).parents[1])!r})\n"
               "from test_train import tiny_config\n"
               "from absl import logging; logging.set_verbosity('info')\n"
-              "from pcavs_jax import train\n"
+              "from pcavs_jax.train import trainer as train\n"
               f"c = tiny_config({records!r}, 2, compilation_cache_dir={str(cache)!r}, "
               "**{'train.stage': 'identity'})\n"
               f"train.train_and_evaluate(c, {str(tmp_path / name)!r})\n")

@@ -14,6 +14,7 @@ starts). Tolerances, for the same global batch of 8 (the worker runs Adam with e
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -25,8 +26,8 @@ import pytest
 WORKER = pathlib.Path(__file__).parents[1] / "train_worker.py"
 
 
-def _run_together(runs: dict[str, list[str]], tmp_path, timeout=1200) -> dict[str, dict]:
-  """Runs one worker per entry at the same time; returns each one's JSON result.
+def _start(runs: dict[str, list[str]], tmp_path) -> dict[str, subprocess.Popen]:
+  """Starts one worker per entry at the same time.
 
   Logs go to files, not pipes: a worker blocked on a full pipe would stall the collectives of
   the others.
@@ -39,6 +40,11 @@ def _run_together(runs: dict[str, list[str]], tmp_path, timeout=1200) -> dict[st
       procs[name] = subprocess.Popen(
           [sys.executable, str(WORKER), *args, "--out", str(tmp_path / f"{name}.json")],
           env=env, stdout=log, stderr=subprocess.STDOUT)
+  return procs
+
+
+def _wait(procs: dict[str, subprocess.Popen], tmp_path, timeout=1200) -> dict[str, dict]:
+  """Waits for the workers to exit 0; returns each one's JSON result."""
   try:
     # Poll all of them: whichever worker fails first is reported at once, in any order.
     deadline = time.monotonic() + timeout
@@ -60,7 +66,12 @@ def _run_together(runs: dict[str, list[str]], tmp_path, timeout=1200) -> dict[st
     for proc in procs.values():
       if proc.poll() is None:
         proc.kill()
-  return {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in runs}
+  return {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in procs}
+
+
+def _run_together(runs: dict[str, list[str]], tmp_path, timeout=1200) -> dict[str, dict]:
+  """Runs one worker per entry at the same time; returns each one's JSON result."""
+  return _wait(_start(runs, tmp_path), tmp_path, timeout)
 
 
 def test_eight_devices_give_the_losses_of_one(tmp_path):
@@ -104,3 +115,24 @@ def test_two_processes_end_with_identical_parameters(tmp_path, random_records):
   assert results[0]["checksums"] == results[1]["checksums"]
   assert results[0]["d_checksum"] == results[1]["d_checksum"]
   assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, random_records):
+  """Only process 1 is sent SIGTERM: JAX's preemption service has both processes agree on a
+  step, save it and exit 0 (neither waits alone in a collective)."""
+  workdir = tmp_path / "run"
+  common = ["distributed", "--num-processes", "2", "--port", str(_free_port()), "--records",
+            random_records, "--workdir", str(workdir), "--steps", "100000",
+            "--checkpoint-every", "100000", "--stage", "identity"]
+  procs = _start({f"p{i}": common + ["--process-id", str(i)] for i in range(2)}, tmp_path)
+  history = workdir / "train_history.jsonl"   # process 0's logged steps: both are training
+  deadline = time.monotonic() + 600
+  while (not history.exists() and time.monotonic() < deadline
+         and all(p.poll() is None for p in procs.values())):
+    time.sleep(0.5)
+  procs["p1"].send_signal(signal.SIGTERM)
+  out = _wait(procs, tmp_path, timeout=600)
+  step = out["p0"]["step"]
+  assert out["p1"]["step"] == step and 0 < step < 100000
+  saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+  assert saved == [step]
