@@ -184,6 +184,86 @@ def _shade_where(take, rays, point, centre, axes, shade) -> None:
     shade[take] = _shade(rays, *(c[take] for c in point), centre, axes)
 
 
+def _decal_window(frame: _Frame, rot: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                  rows: slice, cols: slice) -> tuple[slice, slice]:
+  """The slices, within the head's sample window (rows, cols), of a decal's head-space box."""
+  r, c = frame.window(_box_extent(rot, lo, hi))
+  return (slice(max(r.start - rows.start, 0), max(r.stop - rows.start, 0)),
+          slice(max(c.start - cols.start, 0), max(c.stop - cols.start, 0)))
+
+
+def _draw_hair_and_head(p, rays: _Rays, axes: np.ndarray, labels: np.ndarray,
+                        shade: np.ndarray, depth: np.ndarray) -> tuple[tuple, np.ndarray]:
+  """Hair (above a plane through the hairline, both on a shell around the head and on the head)
+  and the head; returns the head's hit points (x, y, z) and the face mask (front of the head)."""
+  scale, lift, front, slope = (float(a) for a in p["hair_style"])
+  shell_c = np.array([0.0, lift, -2.0])
+  shell_a = axes * scale
+  h0 = np.float32(front - slope * surface_z(axes, 0.0, front))
+  above = lambda y, z: y > h0 + np.float32(slope) * z
+  s_sf, s_sb, hit_shell = rays.hit(shell_c, shell_a)
+  front_pt, back_pt = rays.point(s_sf), rays.point(s_sb)
+  front_hair = hit_shell & above(front_pt[1], front_pt[2])
+  back_hair = hit_shell & above(back_pt[1], back_pt[2]) & ~front_hair
+  for mask, s, pt in ((back_hair, s_sb, back_pt), (front_hair, s_sf, front_pt)):
+    take = _take(mask, s, depth)
+    labels[take] = HAIR
+    _shade_where(take, rays, pt, shell_c, shell_a, shade)
+
+  origin = np.zeros(3)
+  s_head, _, hit_head = rays.hit(origin, axes)
+  head_pt = rays.point(s_head)
+  _, hy, hz = head_pt
+  take = _take(hit_head, s_head, depth)
+  labels[take] = SKIN
+  labels[take & above(hy, hz)] = HAIR
+  _shade_where(take, rays, head_pt, origin, axes, shade)
+  return head_pt, take & (hz > 0)
+
+
+def _draw_eyes(p, hx, hy, face, labels, window: tuple[slice, slice]) -> None:
+  """Brows, then eyes (sclera, iris, pupil) onto the face, within their window."""
+  ew, eh, iris_frac = (float(a) for a in p["eye"])
+  gap, thick, half_len, arch, _ = (float(a) for a in p["brow"])
+  brow_y = ident.EYE_Y + eh + gap
+  r, c = window
+  wx, wy, wface, wlab = hx[r, c], hy[r, c], face[r, c], labels[r, c]
+  for side in (-1.0, 1.0):
+    dx = wx - np.float32(side * (ident.EYE_X + 1.5))
+    dy = wy - (np.float32(brow_y) - np.float32(arch) * dx * dx)
+    taper = np.float32(1.0) - np.float32(0.5 / half_len ** 2) * dx * dx
+    wlab[wface & (np.abs(dx) < half_len) & (np.abs(dy) < np.float32(thick) * taper)] = BROW
+    dx = wx - np.float32(side * ident.EYE_X)
+    dy = wy - np.float32(ident.EYE_Y)
+    lid = np.float32(eh) * (np.float32(1.0) - dx * dx * np.float32(1.0 / ew ** 2))
+    eye = wface & (np.abs(dy) < lid)
+    wlab[eye] = SCLERA
+    rr = dx * dx + dy * dy
+    wlab[eye & (rr < np.float32((iris_frac * eh) ** 2))] = IRIS
+    wlab[eye & (rr < np.float32((0.45 * iris_frac * eh) ** 2))] = PUPIL
+
+
+def _eye_box(p, axes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Head-space box (lo, hi) around both eyes and brows."""
+  _, eh, _ = (float(a) for a in p["eye"])
+  gap, thick, half_len, _, _ = (float(a) for a in p["brow"])
+  top = np.array([ident.EYE_X + 1.5 + half_len, ident.EYE_Y + eh + gap + thick, axes[2]])
+  return np.array([-top[0], ident.EYE_Y - eh, 0.0]), top
+
+
+def _draw_mouth(hx, hy, face, labels, window: tuple[slice, slice], shape: tuple) -> None:
+  """Lips, then the mouth's interior onto the face, within their window."""
+  a_in, b_in, a_lip, b_lip = shape
+  r, c = window
+  wx, wface, wlab = hx[r, c], face[r, c], labels[r, c]
+  dy = hy[r, c] - np.float32(ident.MOUTH_Y)
+  xx, yy = wx * wx, dy * dy
+  wlab[wface & (xx * np.float32(1 / a_lip ** 2) + yy * np.float32(1 / b_lip ** 2) < 1)] = LIPS
+  if b_in > 0:
+    inside = xx * np.float32(1 / a_in ** 2) + yy * np.float32(1 / b_in ** 2) < 1
+    wlab[wface & inside] = INSIDE
+
+
 def label_map(params: Mapping[str, np.ndarray], yaw: float, pitch: float, roll: float,
               tx: float, ty: float, mouth_open: float, mouth_width: float, resolution: int,
               supersample: int) -> tuple[np.ndarray, np.ndarray, tuple[slice, slice]]:
@@ -200,16 +280,14 @@ def label_map(params: Mapping[str, np.ndarray], yaw: float, pitch: float, roll: 
   frame = _Frame(rot, cx, cy, resolution, supersample)
 
   axes = p["head_axes"].astype(np.float64)
-  origin = np.zeros(3)
-  scale, lift, front, slope = (float(a) for a in p["hair_style"])
-  shell_c = np.array([0.0, lift, -2.0])
-  shell_a = axes * scale
+  scale, lift, _, _ = (float(a) for a in p["hair_style"])
   ny, nw, nh, prot = (float(a) for a in p["nose"])
   nd = prot + 6.0
   nose_c = np.array([0.0, ny, surface_z(axes, 0.0, ny) + prot - nd])
   nose_a = np.array([nw, nh, nd])
   ext = np.stack([_extent(rot, c, a) for c, a in
-                  ((origin, axes), (shell_c, shell_a), (nose_c, nose_a))])
+                  ((np.zeros(3), axes), (np.array([0.0, lift, -2.0]), axes * scale),
+                   (nose_c, nose_a))])
   rows, cols = frame.window(np.array([ext[:, 0].min(), ext[:, 1].max(), ext[:, 2].min(),
                                       ext[:, 3].max()]))
   rays = frame.rays(rows, cols)
@@ -217,64 +295,16 @@ def label_map(params: Mapping[str, np.ndarray], yaw: float, pitch: float, roll: 
   labels = np.zeros(shape, np.uint8)
   shade = np.ones(shape, np.float32)
   depth = np.full(shape, -np.inf, np.float32)
-
-  # Hair: above a plane through the hairline, both on a shell around the head and on the head.
-  h0 = np.float32(front - slope * surface_z(axes, 0.0, front))
-  above = lambda y, z: y > h0 + np.float32(slope) * z
-  s_sf, s_sb, hit_shell = rays.hit(shell_c, shell_a)
-  front_pt, back_pt = rays.point(s_sf), rays.point(s_sb)
-  front_hair = hit_shell & above(front_pt[1], front_pt[2])
-  back_hair = hit_shell & above(back_pt[1], back_pt[2]) & ~front_hair
-  for mask, s, pt in ((back_hair, s_sb, back_pt), (front_hair, s_sf, front_pt)):
-    take = _take(mask, s, depth)
-    labels[take] = HAIR
-    _shade_where(take, rays, pt, shell_c, shell_a, shade)
-
-  s_head, _, hit_head = rays.hit(origin, axes)
-  head_pt = rays.point(s_head)
-  hx, hy, hz = head_pt
-  take = _take(hit_head, s_head, depth)
-  labels[take] = SKIN
-  labels[take & above(hy, hz)] = HAIR
-  _shade_where(take, rays, head_pt, origin, axes, shade)
-  face = take & (hz > 0)
+  (hx, hy, _), face = _draw_hair_and_head(p, rays, axes, labels, shade, depth)
 
   # Decals on the face, later ones drawn over earlier ones, each evaluated in its own window.
-  ew, eh, iris_frac = (float(a) for a in p["eye"])
-  gap, thick, half_len, arch, _ = (float(a) for a in p["brow"])
-  brow_y = ident.EYE_Y + eh + gap
-  top = np.array([ident.EYE_X + 1.5 + half_len, brow_y + thick, axes[2]])
-  r, c = frame.window(_box_extent(rot, np.array([-top[0], ident.EYE_Y - eh, 0.0]), top))
-  r = slice(max(r.start - rows.start, 0), max(r.stop - rows.start, 0))
-  c = slice(max(c.start - cols.start, 0), max(c.stop - cols.start, 0))
-  wx, wy, wface, wlab = hx[r, c], hy[r, c], face[r, c], labels[r, c]
-  for side in (-1.0, 1.0):
-    dx = wx - np.float32(side * (ident.EYE_X + 1.5))
-    dy = wy - (np.float32(brow_y) - np.float32(arch) * dx * dx)
-    taper = np.float32(1.0) - np.float32(0.5 / half_len ** 2) * dx * dx
-    wlab[wface & (np.abs(dx) < half_len) & (np.abs(dy) < np.float32(thick) * taper)] = BROW
-    dx = wx - np.float32(side * ident.EYE_X)
-    dy = wy - np.float32(ident.EYE_Y)
-    lid = np.float32(eh) * (np.float32(1.0) - dx * dx * np.float32(1.0 / ew ** 2))
-    eye = wface & (np.abs(dy) < lid)
-    wlab[eye] = SCLERA
-    rr = dx * dx + dy * dy
-    wlab[eye & (rr < np.float32((iris_frac * eh) ** 2))] = IRIS
-    wlab[eye & (rr < np.float32((0.45 * iris_frac * eh) ** 2))] = PUPIL
-
-  a_in, b_in, a_lip, b_lip = mouth_shape(float(np.float32(mouth_open)),
-                                         float(np.float32(mouth_width)))
-  r, c = frame.window(_box_extent(rot, np.array([-a_lip, ident.MOUTH_Y - b_lip, 0.0]),
-                                  np.array([a_lip, ident.MOUTH_Y + b_lip, axes[2]])))
-  r = slice(max(r.start - rows.start, 0), max(r.stop - rows.start, 0))
-  c = slice(max(c.start - cols.start, 0), max(c.stop - cols.start, 0))
-  wx, wface, wlab = hx[r, c], face[r, c], labels[r, c]
-  dy = hy[r, c] - np.float32(ident.MOUTH_Y)
-  xx, yy = wx * wx, dy * dy
-  wlab[wface & (xx * np.float32(1 / a_lip ** 2) + yy * np.float32(1 / b_lip ** 2) < 1)] = LIPS
-  if b_in > 0:
-    inside = xx * np.float32(1 / a_in ** 2) + yy * np.float32(1 / b_in ** 2) < 1
-    wlab[wface & inside] = INSIDE
+  _draw_eyes(p, hx, hy, face, labels, _decal_window(frame, rot, *_eye_box(p, axes), rows, cols))
+  mouth = mouth_shape(float(np.float32(mouth_open)), float(np.float32(mouth_width)))
+  a_lip, b_lip = mouth[2:]
+  _draw_mouth(hx, hy, face, labels,
+              _decal_window(frame, rot, np.array([-a_lip, ident.MOUTH_Y - b_lip, 0.0]),
+                            np.array([a_lip, ident.MOUTH_Y + b_lip, axes[2]]), rows, cols),
+              mouth)
 
   # Nose: an ellipsoid sunk into the face, drawn where it stands in front of the head.
   s_nose, _, hit_nose = rays.hit(nose_c, nose_a)
