@@ -117,6 +117,7 @@ def test_two_processes_end_with_identical_parameters(tmp_path, random_records):
   assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
 
 
+@pytest.mark.slow  # ~2.5 min on 2 shared cores: two processes start and compile the identity step
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, random_records):
   """Only process 1 is sent SIGTERM: JAX's preemption service has both processes agree on a
   step, save it and exit 0 (neither waits alone in a collective)."""
