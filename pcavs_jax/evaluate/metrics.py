@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from pcavs_jax.data.face import MOUTH   # mouth points of the 68-point layout
+
 # CPBD constants (Narvekar & Karam 2011).
 CPBD_BLOCK = 64               # blocks of 64 x 64 pixels
 CPBD_EDGE_BLOCK = 0.002       # an edge block holds more than 0.2 % edge pixels
@@ -19,7 +21,6 @@ CPBD_JNB_WIDTHS = (5.0, 3.0)  # JNB edge width for block contrast <= 50, > 50
 CPBD_LOW_CONTRAST = 50
 CPBD_MAX_STEPS = 100          # an edge extends at most this many pixels on each side
 PSNR_CAP = 100.0
-MOUTH = slice(48, 68)         # mouth points of the 68-point layout
 
 
 def nanmean(values) -> float:
@@ -167,11 +168,11 @@ def mean_cpbd(frames: np.ndarray, every: int = 1) -> float:
 def aligned_landmarks(track, size: int = 224) -> np.ndarray:
   """(T, 68, 2) landmarks of a `face.FaceTrack` in the clip's official alignment at `size` px
   (NaN where no usable face; all NaN when the clip shows none)."""
-  from pcavs_jax.data import face
+  from pcavs_jax.data import alignment
   if not track.found.any():
     return np.full(track.landmarks.shape, np.nan)
-  _, transforms = face.official_transforms(track.keypoints, track.found, size)
-  return face.apply_frame_transforms(transforms, track.landmarks)
+  _, transforms = alignment.official_transforms(track.keypoints, track.found, size)
+  return alignment.apply_frame_transforms(transforms, track.landmarks)
 
 
 def lmd_per_frame(generated: np.ndarray, truth: np.ndarray) -> np.ndarray:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -269,7 +270,7 @@ def _face_inputs(name: str, reference: pathlib.Path | None, pose_source: pathlib
 def evaluate_paths(generated: PathLike, truth: PathLike, *, split: str = "test",
                    reference: PathLike | None = None, pose_source: PathLike | None = None,
                    detector: str = "hog", analyzer=None, max_frames: int | None = None,
-                   cpbd_every: int = 1) -> dict[str, Any]:
+                   cpbd_every: int = 1, progress: bool = True) -> dict[str, Any]:
   """Scores generated videos against ground-truth videos (see the module docstring).
 
   Args:
@@ -281,6 +282,7 @@ def evaluate_paths(generated: PathLike, truth: PathLike, *, split: str = "test",
     analyzer: a `face.FaceAnalyzer` to use.
     max_frames: compare at most this many frames.
     cpbd_every: CPBD on every n-th frame.
+    progress: a bar of videos scored on stderr (when it is a terminal).
 
   Returns:
     The report: 'metrics' (means over videos), 'per_video' (with per-frame values),
@@ -290,6 +292,8 @@ def evaluate_paths(generated: PathLike, truth: PathLike, *, split: str = "test",
     InputError: unreadable inputs, a reference without a face, or no generated video has a
       truth.
   """
+  from tqdm import tqdm
+
   from pcavs_jax.data import face
   gen_p, truth_p = pathlib.Path(generated), pathlib.Path(truth)
   ref_p = pathlib.Path(reference) if reference else None
@@ -303,33 +307,41 @@ def evaluate_paths(generated: PathLike, truth: PathLike, *, split: str = "test",
                                                             or _is_frames_dir(truth_p))
   per_video: dict[str, dict] = {}
   matched: set[str] = set()
-  for name, source in _truth_items(truth_p, split):
-    key = next(iter(gens)) if single else name
-    if key not in gens:
-      continue
-    t = source if isinstance(source, np.ndarray) else read_frames(source, max_frames)
-    g = read_frames(gens[key], max_frames)
-    faces = _face_inputs(key, ref_p, pose_p, analyzer, max_frames)
-    per_video[key] = evaluate_pair(g, t[:max_frames], analyzer, cpbd_every=cpbd_every, **faces)
-    matched.add(key)
-    if single:
-      break
+  with tqdm(total=1 if single else len(gens), unit="video", desc="evaluate", file=sys.stderr,
+            disable=None if progress else True) as bar:
+    for name, source in _truth_items(truth_p, split):
+      key = next(iter(gens)) if single else name
+      if key not in gens:
+        continue
+      t = source if isinstance(source, np.ndarray) else read_frames(source, max_frames)
+      g = read_frames(gens[key], max_frames)
+      faces = _face_inputs(key, ref_p, pose_p, analyzer, max_frames)
+      per_video[key] = evaluate_pair(g, t[:max_frames], analyzer, cpbd_every=cpbd_every, **faces)
+      matched.add(key)
+      bar.update()
+      if single:
+        break
   unmatched = sorted(set(gens) - matched)
   if not per_video:
     raise InputError(truth_p, f"no ground truth matches the generated videos "
                               f"({', '.join(sorted(gens)[:5])}...)", "missing")
   if unmatched:
     notes.append(f"{len(unmatched)} generated videos have no ground truth and were not scored")
+  return {"mode": "paired", "generated": str(gen_p), "truth": str(truth_p),
+          "reference": str(ref_p) if ref_p else None,
+          "pose_source": str(pose_p) if pose_p else "truth", "metrics": _means(per_video),
+          "per_video": per_video, "unmatched": unmatched, "notes": notes,
+          "detector": analyzer.detector, "face_measures": analyzer.has_landmarks,
+          "not_supported": NOT_SUPPORTED}
+
+
+def _means(per_video: dict[str, dict]) -> dict[str, float]:
+  """Each measure's mean over videos (NaN-aware), and the videos and frames scored."""
   keys = ("ssim", "psnr", "cpbd", "cpbd_truth") + FACE_KEYS
   means = {k: metrics.nanmean([v[k] for v in per_video.values()]) for k in keys}
   means["videos"] = len(per_video)
   means["frames"] = int(sum(v["frames"] for v in per_video.values()))
-  return {"mode": "paired", "generated": str(gen_p), "truth": str(truth_p),
-          "reference": str(ref_p) if ref_p else None,
-          "pose_source": str(pose_p) if pose_p else "truth", "metrics": means,
-          "per_video": per_video, "unmatched": unmatched, "notes": notes,
-          "detector": analyzer.detector, "face_measures": analyzer.has_landmarks,
-          "not_supported": NOT_SUPPORTED}
+  return means
 
 
 def default_report_path(generated: PathLike) -> pathlib.Path:
