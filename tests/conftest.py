@@ -70,5 +70,5 @@ def checkpoint(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def driver(checkpoint):
-  from pcavs_jax.infer import inference
-  return inference.load_driver(checkpoint, batch_size=4)
+  from pcavs_jax.infer import load_driver
+  return load_driver(checkpoint, batch_size=4)

@@ -17,7 +17,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from pcavs_jax.data.media import FPS, InputError
+from pcavs_jax.data.clips import FPS
+from pcavs_jax.data.media import InputError
 from pcavs_jax.infer.jobs import (JobSpec, PathLike, PreparedJob, PrepareOptions, RowError,
                                   failure_record, timed)
 from pcavs_jax.infer.prepare import prepare_job

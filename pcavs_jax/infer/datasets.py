@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from pcavs_jax.data.media import SAMPLES_PER_FRAME
+from pcavs_jax.data import media
+from pcavs_jax.data.clips import SAMPLES_PER_FRAME
 from pcavs_jax.infer.jobs import PathLike, PreparedJob
-from pcavs_jax.infer.prepare import resize_frames
 from pcavs_jax.infer.writers import check_name
 
 
@@ -23,10 +23,10 @@ def eval_set_jobs(eval_set, resolution: int | None = None) -> Iterator[PreparedJ
   for tr in eval_set.triples:
     t = tr.num_frames
     yield PreparedJob(
-        name=tr.triple_id, references=resize_frames(tr.reference_frames[:1], r),
+        name=tr.triple_id, references=media.resize(tr.reference_frames[:1], r, r),
         wav=np.asarray(tr.audio, np.float32)[:t * SAMPLES_PER_FRAME],
-        windows=audio_lib.mel_windows(tr.mel, t), pose=resize_frames(tr.pose_frames[:t], r),
-        pose_index=np.arange(t), mouth=resize_frames(tr.truth_frames, r),
+        windows=audio_lib.mel_windows(tr.mel, t), pose=media.resize(tr.pose_frames[:t], r, r),
+        pose_index=np.arange(t), mouth=media.resize(tr.truth_frames, r, r),
         mouth_index=np.arange(t),
         inputs={"reference": tr.reference_clip, "pose": tr.pose_clip, "audio": tr.audio_clip})
 
@@ -45,7 +45,7 @@ def record_jobs(records_dir: PathLike, split: str = "test", resolution: int | No
       return
     r = resolution or clip.frames.shape[1]
     t = min(clip.num_frames, len(clip.audio) // SAMPLES_PER_FRAME, clip.mel.shape[0] // 4)
-    frames = resize_frames(clip.frames[:t], r)
+    frames = media.resize(clip.frames[:t], r, r)
     yield PreparedJob(
         name=check_name(clip.clip_id), references=frames[:1],
         wav=np.asarray(clip.audio, np.float32)[:t * SAMPLES_PER_FRAME],

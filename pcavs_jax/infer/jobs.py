@@ -70,7 +70,7 @@ class PrepareOptions:
       detection, only a resize.
     official_crop: apply the official loader's crop after alignment (official checkpoints).
     detector: face detector, 'hog' (dlib, default) or 'cnn'; faces get dlib's 68 landmarks and
-      the official alignment (`pcavs_jax.data.face`).
+      the official alignment (`pcavs_jax.data.alignment`).
     max_references: references used from a folder.
     max_frames: cut the audio to at most this many frames.
     strict_pose_length: refuse a pose video shorter than the audio instead of looping it.

@@ -1,5 +1,5 @@
 """Input preparation: references, audio and pose sources read, checked and aligned as training
-data is (`pcavs_jax.data.face`, `pcavs_jax.data.audio`).
+data is (`pcavs_jax.data.alignment`, `pcavs_jax.data.audio`).
 
 The largest face of each reference image is detected (dlib, 68 landmarks) and aligned on its own;
 a pose video gets the official clip alignment (one similarity, a smoothed per-frame mouth
@@ -20,7 +20,8 @@ import pathlib
 import numpy as np
 
 from pcavs_jax.data import media
-from pcavs_jax.data.media import FPS, SAMPLES_PER_FRAME, InputError
+from pcavs_jax.data.clips import FPS, SAMPLES_PER_FRAME
+from pcavs_jax.data.media import InputError
 from pcavs_jax.infer.jobs import JobSpec, PathLike, PreparedJob, PrepareOptions, timed
 
 MIN_FRAMES = 5                 # a mel window spans 5 frames: shorter audio drives nothing
@@ -41,24 +42,12 @@ def loop_indices(num_source: int, length: int) -> np.ndarray:
   return np.where(forward, t % num_source, num_source - 1 - t % num_source)
 
 
-def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
-  """(T, H, W, 3) frames resized to (T, size, size, 3): area filter down, bilinear up."""
-  import cv2
-  if frames.shape[1:3] == (size, size):
-    return frames
-  interp = cv2.INTER_AREA if frames.shape[1] > size else cv2.INTER_LINEAR
-  return np.stack([cv2.resize(np.ascontiguousarray(f), (size, size), interpolation=interp)
-                   for f in frames])
-
-
 def official_crop(frames: np.ndarray) -> np.ndarray:
   """The official loader's crop of aligned (T, R, R, 3) frames: top, left and right margins of
   16 px at 224 (bottom 32), resized back to R with bilinear filtering."""
-  import cv2
   r = frames.shape[1]
   c = round(OFFICIAL_CROP_224 * r / 224)
-  return np.stack([cv2.resize(np.ascontiguousarray(f[:r - 2 * c, c:r - c]), (r, r),
-                              interpolation=cv2.INTER_LINEAR) for f in frames])
+  return media.resize(frames[:, :r - 2 * c, c:r - c], r, r)
 
 
 def _list_images(folder: pathlib.Path) -> list[pathlib.Path]:
@@ -139,17 +128,17 @@ def align(frames: np.ndarray, kind: str, name: str, options: PrepareOptions,
   Raises:
     InputError: no face found, or a profile face the landmarks cannot fit.
   """
-  from pcavs_jax.data import face
+  from pcavs_jax.data import alignment, face
   r = options.resolution
   if options.aligned:
-    out = resize_frames(frames, r)
+    out = media.resize(frames, r, r)
   else:
     analyzer = face.get_analyzer(options.detector)
     clips = [f[None] for f in frames] if each else [frames]
     out = []
     for clip in clips:
-      al = face.clip_alignment(clip, size=r, analyzer=analyzer, name=name)
-      out.append(face.align_frames(clip, al.transforms, r))
+      al = alignment.clip_alignment(clip, size=r, analyzer=analyzer, name=name)
+      out.append(alignment.align_frames(clip, al.transforms, r))
       if notes is not None:
         notes += [n for n in al.notes if n not in notes]
     out = np.concatenate(out)

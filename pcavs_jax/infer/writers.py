@@ -16,7 +16,8 @@ import time
 import numpy as np
 
 from pcavs_jax.data import files, media
-from pcavs_jax.data.media import FPS, InputError
+from pcavs_jax.data.clips import FPS
+from pcavs_jax.data.media import InputError
 from pcavs_jax.infer.jobs import PathLike, PreparedJob
 
 
@@ -70,15 +71,13 @@ def _check_frames_target(path: pathlib.Path) -> None:
                            "folder", "invalid")
 
 
-def _abort_writer(writer) -> None:
-  try:
-    writer.__exit__(RuntimeError, RuntimeError("aborted"), None)
-  except Exception:
-    pass
-
-
 class JobOutput:
-  """Streams one job's frames into its video, panel and frames folder; commits atomically."""
+  """Streams one job's frames into its video, panel and frames folder; commits atomically.
+
+  Every output is written under a hidden temporary name; `commit` closes them all first and only
+  then renames them into place, so a job that fails (an encoder error included) leaves none of
+  its outputs and keeps an earlier run's.
+  """
 
   def __init__(self, job: PreparedJob, paths: OutputPaths, crf: int, preset: str):
     self.job = job
@@ -128,7 +127,7 @@ class JobOutput:
 
   def abort(self) -> None:
     for w in self._writers:
-      _abort_writer(w)
+      w.abort()
     for tmp, _ in self._tmp:
       if tmp.is_dir():
         shutil.rmtree(tmp, ignore_errors=True)

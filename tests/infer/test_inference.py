@@ -69,8 +69,8 @@ def test_prepare_job_shapes_and_alignment(inputs):
   assert job.mouth.shape[0] == 20  # the talking video's own frames
   assert any("forwards and backwards" in n for n in job.notes)
   # The aligned face is centred like training crops: the eye line near the template's row.
-  from pcavs_jax.data import face
-  ref = face.align_image(util.astronaut(), 64)
+  from pcavs_jax.data import alignment
+  ref = alignment.align_image(util.astronaut(), 64)
   np.testing.assert_array_equal(job.references[0], ref)
 
 
@@ -89,7 +89,7 @@ def test_references_are_averaged(driver, tmp_path):
   import jax
   refs = np.stack([util.astronaut()[:256, 100:356], util.astronaut()[:256, 100:356, ::-1]])
   refs = np.stack([np.asarray(media.to_rgb_uint8(r)) for r in refs])
-  small = np.stack([prepare.resize_frames(r[None], 64)[0] for r in refs])
+  small = np.stack([media.resize(r, 64, 64) for r in refs])
   id_vector, id_map = driver.encode_identity(small)
   model = driver.model
   encode = jax.jit(lambda v, x: model.apply(v, x, method=model.encode_identity))
