@@ -6,7 +6,6 @@ import pathlib
 import numpy as np
 import pytest
 
-import inference_testutil as util
 from data_pipeline.synthtalk import generate
 from pcavs_jax.data.synthtalk import eval_sets
 from pcavs_jax.evaluate import cross_driven, probe, scoring
@@ -32,8 +31,7 @@ def sets(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.mark.filterwarnings("ignore:Mean of empty slice")  # random weights: little to read
-def test_seen_and_unseen_report_and_training_probe(sets, tmp_path):
-  checkpoint = util.tiny_checkpoint(tmp_path / "ckpt")
+def test_seen_and_unseen_report_and_training_probe(sets, checkpoint, tmp_path):
   report = cross_driven.evaluate_all(str(checkpoint), str(sets / "eval_set.npz"), batch_size=4)
   assert {"seen", "unseen"} <= set(report) and set(report["mechanisms"]) == {"seen", "unseen"}
   for name in ("seen", "unseen"):

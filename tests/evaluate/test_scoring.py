@@ -5,17 +5,11 @@ import json
 
 import pytest
 
-import inference_testutil as util
+from pcavs_jax import infer
 from pcavs_jax.cli import evaluate as evaluate_cli
 from pcavs_jax.cli import generate as generate_cli
 from pcavs_jax.data import media
 from pcavs_jax.evaluate import scoring
-from pcavs_jax import infer
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-  return util.tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "t")
 
 
 @pytest.mark.filterwarnings("ignore:Mean of empty slice")  # random weights: nothing to read

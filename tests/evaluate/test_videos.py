@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 from skimage import data, filters
 
-import inference_testutil as util
+from pcavs_jax import infer
 from pcavs_jax.cli import evaluate as evaluate_cli
 from pcavs_jax.data import media
 from pcavs_jax.evaluate import report as ev_report
 from pcavs_jax.evaluate import videos as ev
-from pcavs_jax import infer
 
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -175,16 +174,6 @@ def test_report_json_and_table(videos, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------ generation end to end
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> pathlib.Path:
-  return util.tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "t")
-
-
-@pytest.fixture(scope="module")
-def driver(checkpoint) -> infer.FrameDriver:
-  return infer.load_driver(checkpoint, 4)
 
 
 def test_records_reconstruction_and_evaluation(driver, tmp_path):
