@@ -68,36 +68,6 @@ def test_face_measures_of_a_video_against_itself_and_others(tmp_path):
   assert any("generated: no usable face in any frame" in n for n in blank["notes"])
 
 
-def test_face_measures_of_a_video_against_itself_and_others(tmp_path):
-  from pcavs_jax.data import face
-  video = _head_moving()
-  analyzer = face.get_analyzer()
-  same = ev.evaluate_pair(video, video, analyzer)
-  assert same["lmd"] == 0.0 and same["per_frame"]["lmd"] == [0.0] * len(video)
-  assert same["csim"] == pytest.approx(1.0)
-  assert same["pose_err_yaw"] == same["pose_err_pitch"] == same["pose_err_roll"] == 0.0
-  assert same["faces"] == {"generated": len(video), "truth": len(video)}
-  # Played backwards: mouths and poses differ by frame, the identity does not.
-  other = ev.evaluate_pair(video[::-1].copy(), video, analyzer)
-  assert other["lmd"] > 0.5 and other["csim"] > 0.95
-  assert other["pose_err_roll"] == pytest.approx(np.abs(ROLL - ROLL[::-1]).mean(), abs=1.5)
-  # A pose source: the reversed video against itself has no pose error.
-  posed = ev.evaluate_pair(video[::-1].copy(), video, analyzer, pose_source=video[::-1].copy())
-  assert posed["pose_err_roll"] == 0.0 and posed["lmd"] == other["lmd"]
-  # A reference photo: the astronaut's own descriptor; a cat has no face, named in one line.
-  media.write_image(tmp_path / "ref.png", data.astronaut())
-  media.write_image(tmp_path / "cat.png", data.chelsea())
-  referenced = ev.evaluate_pair(video, video, analyzer,
-                                reference=ev.reference_descriptor(tmp_path / "ref.png", analyzer))
-  assert referenced["csim"] > 0.95
-  with pytest.raises(media.InputError, match=r"cat.png: no face found$"):
-    ev.reference_descriptor(tmp_path / "cat.png", analyzer)
-  noise = np.random.default_rng(0).integers(90, 160, video.shape, dtype=np.uint8)
-  blank = ev.evaluate_pair(noise, video, analyzer)
-  assert math.isnan(blank["lmd"]) and math.isnan(blank["csim"]) and blank["faces"]["generated"] == 0
-  assert any("generated: no usable face in any frame" in n for n in blank["notes"])
-
-
 def test_evaluate_pair_resizes_and_cuts():
   img = media.to_rgb_uint8(data.astronaut()[20:276, 100:356])
   truth = np.stack([img] * 5)
