@@ -63,7 +63,7 @@ def main() -> None:
   from pcavs_jax.data.synthtalk import eval_sets
   from pcavs_jax.evaluate import scoring
   from pcavs_jax.data import input_pipeline
-  from pcavs_jax.models.encoders import IdentityEncoder
+  from pcavs_jax.models.identity_encoder import IdentityEncoder
   from pcavs_jax.models.generator import Generator, generator_channels, start_size
   from pcavs_jax.models.pcavs import identity_dim
   from pcavs_jax.train.config import load_config_file

@@ -13,7 +13,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from pcavs_jax.models.encoders import AudioEncoder, IdentityEncoder, NonIdentityEncoder, scaled_channels
+from pcavs_jax.models.audio_encoder import AudioEncoder
+from pcavs_jax.models.identity_encoder import IdentityEncoder
+from pcavs_jax.models.layers import scaled_channels
+from pcavs_jax.models.nonidentity_encoder import NonIdentityEncoder
 from pcavs_jax.models.generator import Generator, generator_channels, start_size
 
 Array = Any

@@ -8,11 +8,11 @@ import pytest
 
 from pcavs_jax.convert import map_encoders
 from pcavs_jax.convert.layouts import KeyReader, unread_keys
-from pcavs_jax.models.encoders import (AudioEncoder, IdentityEncoder, NonIdentityEncoder,
-                                       adaptive_avg_pool_matrix, bilinear_matrix,
-                                       block_diagonal_conv, grouped_conv_dense_grads,
-                                       hourglass_depth)
-from pcavs_jax.models.encoders import LUMA_WEIGHTS
+from pcavs_jax.models.audio_encoder import AudioEncoder
+from pcavs_jax.models.identity_encoder import IdentityEncoder
+from pcavs_jax.models.layers import (adaptive_avg_pool_matrix, bilinear_matrix, block_diagonal_conv,
+                                     grouped_conv_dense_grads)
+from pcavs_jax.models.nonidentity_encoder import LUMA_WEIGHTS, NonIdentityEncoder, hourglass_depth
 
 PARITY_ATOL = 1e-4
 _BN_STATS = ("running_mean", "running_var", "num_batches_tracked")

@@ -115,7 +115,7 @@ def test_channel_plan(resolution, start, chans):
 
 
 def test_generator_width_widens_only_g_and_the_identity_map():
-  from configs.default import model_config
+  from pcavs_jax.models.config import model_config
   from pcavs_jax.models.pcavs import abstract_variables, build_model
   c = model_config(64, 0.125)
   c.feature_dim, c.mouth_dim, c.num_classes = 64, 64, 16
@@ -135,7 +135,7 @@ def test_generator_width_widens_only_g_and_the_identity_map():
 
 
 def test_official_conversion_refuses_a_separate_generator_width(tmp_path):
-  from configs.default import model_config
+  from pcavs_jax.models.config import model_config
   from pcavs_jax.convert.official import convert_official
   c = model_config()
   c.generator_width = 0.5
