@@ -3,7 +3,7 @@
 Modules:
   speech     phoneme sequences, the formant synthesiser, the mouth the phonemes imply
   generate   head motion, splits and the assembly of `Clip` records
-  cli        writing a SynthTalk folder: records and the evaluation sets with their baselines
+  write      writing a SynthTalk folder: records and the evaluation sets with their baselines
   accuracy   how well the analyzer reads degraded frames
 
 The face model that evaluation also reads (identity, renderer, analyzer, evaluation sets) lives in

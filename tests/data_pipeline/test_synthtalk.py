@@ -1,6 +1,7 @@
 """SynthTalk: determinism, exact re-rendering, phoneme-driven mouths, audio-free pose, the
 analyzer's accuracy, and the cross-driven scoring against its baselines."""
 import argparse
+import json
 import warnings
 
 import cv2
@@ -299,3 +300,18 @@ def test_command_builds_seen_and_unseen_sets(tmp_path):
     baselines = json.loads(eval_sets.baselines_path(path).read_text())
     assert {"truth", "copy_reference", "static_mouth"} <= set(baselines)
   assert eval_sets.baselines_path(paths["unseen"]).name == "baselines.json"
+
+
+def test_write_synthtalk_library_call_and_bad_settings(tmp_path):
+  from data_pipeline.synthtalk.write import SynthTalkSettings, write_synthtalk
+  with pytest.raises(ValueError, match="--resolution"):
+    write_synthtalk(tmp_path / "bad", SynthTalkSettings(resolution=16))
+  assert not (tmp_path / "bad").exists()
+  lines = []
+  summary = write_synthtalk(tmp_path, SynthTalkSettings(identities=2, clips_per_identity=1,
+                                                        resolution=48, frames=4,
+                                                        test_fraction=0.5, baselines=False),
+                            log=lines.append)
+  assert summary["train_identities"] and summary["test_identities"]
+  assert json.loads((tmp_path / "synthtalk.json").read_text())["triples"] == summary["triples"]
+  assert any(line.startswith("synthtalk: train:") for line in lines)
