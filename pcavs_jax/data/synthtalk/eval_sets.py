@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pcavs_jax.data.synthtalk import analyzer
-from pcavs_jax.data.synthtalk import render
-from pcavs_jax.data.clips import Clip
+from pcavs_jax.data import files
+from pcavs_jax.data.clips import MEL_HOPS_PER_FRAME, SAMPLES_PER_FRAME, Clip
+from pcavs_jax.data.synthtalk import analyzer, render
 
 MOUTH_KEYS = render.MOUTH_KEYS + ("phoneme",)
 
@@ -136,8 +136,8 @@ def build_eval_set(test_clips: Sequence[Clip], num_triples: int | None = None,
     triples.append(CrossTriple(
         triple_id=f"x{k:03d}", reference_clip=a.clip_id, pose_clip=b.clip_id,
         audio_clip=c.clip_id, identity_params=dict(a.identity_params),
-        reference_frames=a.frames, pose_frames=b.frames[:t],
-        audio=c.audio[:t * 640], mel=c.mel[:4 * t + 16], truth=truth, truth_frames=frames,
+        reference_frames=a.frames, pose_frames=b.frames[:t], audio=c.audio[:t * SAMPLES_PER_FRAME],
+        mel=c.mel[:MEL_HOPS_PER_FRAME * t + 16], truth=truth, truth_frames=frames,
         readout=analyzer.analyze_frames(frames), reference_truth=dict(a.truth),
         other_mouth={key: d.truth[key][:t] for key in render.MOUTH_KEYS},
         other_identity_params=dict(other.identity_params),
@@ -166,8 +166,8 @@ def build_self_driven_set(clips: Sequence[Clip]) -> EvalSet:
     triples.append(CrossTriple(
         triple_id=f"s{k:03d}", reference_clip=c.clip_id, pose_clip=c.clip_id,
         audio_clip=c.clip_id, identity_params=dict(c.identity_params),
-        reference_frames=c.frames, pose_frames=c.frames[:t], audio=c.audio[:t * 640],
-        mel=c.mel[:4 * t + 16], truth=truth, truth_frames=frames,
+        reference_frames=c.frames, pose_frames=c.frames[:t], audio=c.audio[:t * SAMPLES_PER_FRAME],
+        mel=c.mel[:MEL_HOPS_PER_FRAME * t + 16], truth=truth, truth_frames=frames,
         readout=analyzer.analyze_frames(frames), reference_truth=dict(c.truth),
         other_mouth={key: d.truth[key][:t] for key in render.MOUTH_KEYS},
         other_identity_params=dict(other.identity_params), reference_label=int(c.label)))
@@ -219,7 +219,7 @@ def save_eval_set(eval_set: EvalSet, path: str | Path) -> Path:
       for key, value in getattr(t, name).items():
         arrays[f"{t.triple_id}/{name}/{key}"] = value
   np.savez_compressed(path, **arrays)
-  Path(str(path) + ".json").write_text(json.dumps(index, indent=1))
+  files.write_json(Path(str(path) + ".json"), index)
   return path
 
 
