@@ -13,12 +13,13 @@ each `pcavs-jax train` in its own process, and a finished run is not repeated.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import re
 import shlex
 import subprocess
 import sys
+
+from pcavs_jax.data.files import read_jsonl, write_json
 
 TABLE_KEYS = ("step", "g_loss", "d_loss", "identity_ce", "sync_contrastive_va", "sync_l1")
 EVAL_KEYS = ("ssim", "psnr", "mouth_err", "pose_err", "identity_err", "lag")
@@ -59,11 +60,10 @@ def main() -> int:
       done.touch()
     row = {"variant": name, "status": "ok"}
     history = workdir / "train_history.jsonl"
-    if history.exists():
-      last = json.loads(history.read_text().splitlines()[-1])
-      row.update({k: last.get(k) for k in TABLE_KEYS})
+    if history.exists() and (logged := read_jsonl(history)):
+      row.update({k: logged[-1].get(k) for k in TABLE_KEYS})
     if a.eval_set:
-      from pcavs_jax.evaluate.mechanisms import evaluate_checkpoint
+      from pcavs_jax.evaluate.cross_driven import evaluate_checkpoint
       report = evaluate_checkpoint(str(workdir), a.eval_set)
       row.update({k: report["model"].get(k) for k in EVAL_KEYS})
     rows.append(row)
@@ -71,7 +71,7 @@ def main() -> int:
   print("\n" + " | ".join(keys))
   for r in rows:
     print(" | ".join(f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys))
-  (root / "sweep_results.json").write_text(json.dumps(rows, indent=1))
+  write_json(root / "sweep_results.json", rows)
   print(f"\n[sweep] table: {root / 'sweep_results.json'}")
   return 0 if all(r["status"] == "ok" for r in rows) else 1
 

@@ -235,19 +235,19 @@ def test_stage_schedule_switches_and_resumes_across_the_boundary(records, tmp_pa
 def test_synthtalk_curve_scores_every_kept_checkpoint(runs, tmp_path):
   from pcavs_jax.data.synthtalk import eval_sets
   from data_pipeline.synthtalk import generate as st_generate
-  from pcavs_jax.evaluate import mechanisms
+  from pcavs_jax.evaluate import cross_driven, mechanisms, report
   clips = list(st_generate.generate_clips(0, [0, 1, 2], 1, 12, 64))
   es_path = eval_sets.save_eval_set(eval_sets.build_eval_set(clips, 2),
                                       tmp_path / "cross_driven" / "eval_set.npz")
-  rows = mechanisms.evaluate_steps(str(runs["whole"]), str(es_path), batch_size=4)
+  rows = cross_driven.evaluate_steps(str(runs["whole"]), str(es_path), batch_size=4)
   assert [r["step"] for r in rows] == [2, 4]
-  latest = mechanisms.evaluate_checkpoint(str(runs["whole"]), str(es_path), batch_size=4)
+  latest = cross_driven.evaluate_checkpoint(str(runs["whole"]), str(es_path), batch_size=4)
   assert rows[-1]["ssim"] == latest["model"]["ssim"]
   assert rows[0]["ssim"] != rows[1]["ssim"]  # different parameters, different frames
   assert set(latest["generated"]) == {"x000", "x001"}
   assert latest["generated"]["x000"].shape == (12, 64, 64, 3)
   assert all({"mouth_ratio", "pose_ratio", "lag"} <= set(r) for r in rows)
-  assert "mouth_ratio" in mechanisms.curve_table(rows)
+  assert "mouth_ratio" in report.curve_table(rows)
   from pcavs_jax.checkpoint import load_checkpoint
   model, variables = load_checkpoint(str(runs["whole"]))
   probe = mechanisms.probe_codes(model, variables, eval_sets.load_eval_set(es_path))
