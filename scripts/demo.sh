@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: installs, builds a small SynthTalk set, trains
 # configs/synthtalk.py for a few minutes (short identity and sync stages, then full) under a
-# progress bar, generates cross-driven videos for seen (held-out clips) and unseen identities and prints the
-# seen / unseen tables and the mechanism measures. DEMO_TRAIN_MINUTES sets the training time (default 7).
+# progress bar, generates cross-driven videos for seen (held-out clips) and unseen identities and
+# prints the seen / unseen tables and the mechanism measures. DEMO_TRAIN_MINUTES sets the training
+# time (default 7); --verbose shows the libraries' logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
-export TF_CPP_MIN_LOG_LEVEL=2
-exec .venv/bin/python -m pcavs_jax.cli.demo "$@"
+exec .venv/bin/pcavs-jax demo "$@"

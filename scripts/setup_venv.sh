@@ -11,10 +11,14 @@ req=requirements.txt
 [ "${1:-}" = "dev" ] && req=requirements-dev.txt
 stamp=".venv/.installed-$(cat requirements.txt $req setup.py | sha1sum | cut -c1-12)-${1:-run}"
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install -q -r "$req" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install -q --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import jax, flax, optax, orbax.checkpoint, tensorflow" >/dev/null 2>&1 \
-    || { echo "setup_venv: the install failed (see pip's output above)" >&2; exit 1; }
+  # pip's and setuptools' messages go to a log, shown only when the install fails.
+  log=.venv/install.log
+  : > "$log"
+  echo "setting up .venv ($req; log: $log)" >&2
+  { .venv/bin/python -m pip install -q --upgrade pip \
+      && .venv/bin/python -m pip install -q -r "$req" \
+      && .venv/bin/python -m pip install -q --no-deps -e . ; } >>"$log" 2>&1 \
+    && .venv/bin/python -c "import jax, flax, optax, orbax.checkpoint, tensorflow" >>"$log" 2>&1 \
+    || { tail -n 30 "$log" >&2; echo "setup_venv: the install failed (whole log: $log)" >&2; exit 1; }
   touch "$stamp"
 fi

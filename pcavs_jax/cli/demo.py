@@ -1,6 +1,6 @@
 """The README's main job: SynthTalk data, a short training run, cross-driven videos, evaluation.
 
-  python -m pcavs_jax.cli.demo [--out DIR] [--train-minutes M] [--identities N]
+  pcavs-jax demo [--out DIR] [--train-minutes M] [--identities N]   (what scripts/demo.sh runs)
 
 Every step is a library call the subcommands also make. Training shows a progress bar (step,
 stage, losses, time left) and the mechanism measures as they are logged; the printed tables are
@@ -11,7 +11,6 @@ baselines, and the measure of each mechanism (sync, pose code, identity).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import time
@@ -22,8 +21,10 @@ PROBE_KEYS = ("sync_top1", "sync_lag", "pose_code_r2", "identity_top1", "ssim", 
               "mouth_ratio")
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def register(subparsers) -> argparse.ArgumentParser:
+  p = subparsers.add_parser("demo", help="the README's main job: data, training, videos, tables",
+                            description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--out", default="demo_out", help="output folder (data, run, videos, report)")
   p.add_argument("--train-minutes", type=float,
                  default=float(os.environ.get("DEMO_TRAIN_MINUTES", 7)))
@@ -39,7 +40,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
   p.add_argument("--eval-triples", type=int, default=4,
                  help="triples per set the training probe generates at each eval")
   p.add_argument("--seed", type=int, default=0)
-  return p.parse_args(argv)
+  p.set_defaults(func=run)
+  return p
 
 
 class TrainingProgress:
@@ -76,27 +78,24 @@ class TrainingProgress:
     self.bar.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-  args = _parse(argv)
-  out = pathlib.Path(args.out).absolute()
-  out.mkdir(parents=True, exist_ok=True)
-  data, workdir, videos = out / "synthtalk", out / "run", out / "videos"
-  root = pathlib.Path(__file__).resolve().parents[1]
-  t0 = time.time()
-
-  from data_pipeline.synthtalk import cli as synthtalk_cli
-  if not (data / "cross_driven" / "seen_set.npz").exists():
-    print(f"[1/4] SynthTalk: {args.identities} identities x {args.clips_per_identity} clips at "
-          f"64 px, {args.triples} seen and {args.triples} unseen triples", flush=True)
-    synthtalk_cli.main(["--out", str(data), "--identities", str(args.identities),
-                        "--clips-per-identity", str(args.clips_per_identity), "--resolution", "64",
-                        "--frames", str(args.frames), "--seed", str(args.seed),
-                        "--triples", str(args.triples), "--seen-triples", str(args.triples)])
-  else:
+def _synthtalk(args: argparse.Namespace, data: pathlib.Path) -> None:
+  from data_pipeline.synthtalk.write import SynthTalkSettings, write_synthtalk
+  if (data / "cross_driven" / "seen_set.npz").exists():
     print(f"[1/4] SynthTalk: reusing {data}")
+    return
+  print(f"[1/4] SynthTalk: {args.identities} identities x {args.clips_per_identity} clips at "
+        f"64 px, {args.triples} seen and {args.triples} unseen triples", flush=True)
+  write_synthtalk(data, SynthTalkSettings(
+      identities=args.identities, clips_per_identity=args.clips_per_identity, resolution=64,
+      frames=args.frames, seed=args.seed, triples=args.triples, seen_triples=args.triples),
+      log=print)
 
-  from pcavs_jax.train import trainer as train
+
+def _train(args: argparse.Namespace, data: pathlib.Path, workdir: pathlib.Path) -> None:
+  from pcavs_jax.evaluate.probe import training_probe
+  from pcavs_jax.train import trainer
   from pcavs_jax.train.config import load_config_file
+  root = pathlib.Path(__file__).resolve().parents[2]
   config = load_config_file(f"{root / args.config}:" + ",".join(
       filter(None, [f"minutes={args.train_minutes}", args.config_args])))
   config.data_dir = str(data)
@@ -106,26 +105,33 @@ def main(argv: list[str] | None = None) -> int:
         f"(stages {config.train.schedule or config.train.stage})", flush=True)
   progress = TrainingProgress(config)
   try:
-    train.train_and_evaluate(config, str(workdir), on_log=progress)
+    trainer.train_and_evaluate(config, str(workdir), probe_factory=training_probe,
+                               on_log=progress)
   finally:
     progress.close()
 
+
+def run(args: argparse.Namespace) -> int:
+  out = pathlib.Path(args.out).absolute()
+  out.mkdir(parents=True, exist_ok=True)
+  data, workdir, videos = out / "synthtalk", out / "run", out / "videos"
+  t0 = time.time()
+  _synthtalk(args, data)
+  _train(args, data, workdir)
+
   print(f"[3/4] cross-driven generation, seen and unseen identities -> {videos}", flush=True)
-  from pcavs_jax.evaluate import mechanisms
+  from pcavs_jax.evaluate import cross_driven
+  from pcavs_jax.evaluate.report import summary_table
   eval_set = data / "cross_driven" / "eval_set.npz"
-  report = mechanisms.evaluate_all(str(workdir), str(eval_set))
+  report = cross_driven.evaluate_all(str(workdir), str(eval_set))
   report_path = out / "evaluation.json"
-  mechanisms.write_report(report, report_path, str(eval_set), str(videos))
+  cross_driven.write_report(report, report_path, str(eval_set), str(videos))
 
   print("[4/4] evaluation (SynthTalk exact measures; lower errors and ratios are better)")
-  print(mechanisms.summary_table(report))
+  print(summary_table(report))
   print(f"\nfiles:\n  data      {data}\n  run       {workdir} (TensorBoard summaries, checkpoints, "
         f"mechanisms.jsonl)"
         f"\n  videos    {videos}/<seen|unseen> (reference | pose source | generated | truth, "
         f"with C's audio)"
         f"\n  report    {report_path}\n  total     {(time.time() - t0) / 60:.1f} min")
   return 0
-
-
-if __name__ == "__main__":
-  raise SystemExit(main())
