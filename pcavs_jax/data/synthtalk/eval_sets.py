@@ -87,6 +87,22 @@ class EvalSet:
     return len(self.triples)
 
 
+def _triple(triple_id: str, a: Clip, b: Clip, c: Clip, d: Clip, other: Clip,
+            truth: dict[str, np.ndarray], resolution: int, label: int) -> CrossTriple:
+  """Identity from A, pose from B, audio from C (`truth` holds B's pose and C's mouth, cut to
+  the triple's length); D gives the other-audio baseline its mouth, `other` its identity."""
+  t = len(next(iter(truth.values())))
+  frames = render.render_frames(a.identity_params, truth, resolution)
+  return CrossTriple(
+      triple_id=triple_id, reference_clip=a.clip_id, pose_clip=b.clip_id,
+      audio_clip=c.clip_id, identity_params=dict(a.identity_params),
+      reference_frames=a.frames, pose_frames=b.frames[:t], audio=c.audio[:t * SAMPLES_PER_FRAME],
+      mel=c.mel[:MEL_HOPS_PER_FRAME * t + 16], truth=truth, truth_frames=frames,
+      readout=analyzer.analyze_frames(frames), reference_truth=dict(a.truth),
+      other_mouth={key: d.truth[key][:t] for key in render.MOUTH_KEYS},
+      other_identity_params=dict(other.identity_params), reference_label=label)
+
+
 def build_eval_set(test_clips: Sequence[Clip], num_triples: int | None = None,
                    seen: bool = False) -> EvalSet:
   """Builds the triples from test-split clips (or held-out clips of training identities),
@@ -132,16 +148,8 @@ def build_eval_set(test_clips: Sequence[Clip], num_triples: int | None = None,
     t = min(b.num_frames, c.num_frames)
     truth = {key: b.truth[key][:t] for key in render.POSE_KEYS}
     truth.update({key: c.truth[key][:t] for key in MOUTH_KEYS if key in c.truth})
-    frames = render.render_frames(a.identity_params, truth, resolution)
-    triples.append(CrossTriple(
-        triple_id=f"x{k:03d}", reference_clip=a.clip_id, pose_clip=b.clip_id,
-        audio_clip=c.clip_id, identity_params=dict(a.identity_params),
-        reference_frames=a.frames, pose_frames=b.frames[:t], audio=c.audio[:t * SAMPLES_PER_FRAME],
-        mel=c.mel[:MEL_HOPS_PER_FRAME * t + 16], truth=truth, truth_frames=frames,
-        readout=analyzer.analyze_frames(frames), reference_truth=dict(a.truth),
-        other_mouth={key: d.truth[key][:t] for key in render.MOUTH_KEYS},
-        other_identity_params=dict(other.identity_params),
-        reference_label=int(a.label) if seen else -1))
+    triples.append(_triple(f"x{k:03d}", a, b, c, d, other, truth, resolution,
+                           int(a.label) if seen else -1))
   return EvalSet(resolution, triples)
 
 
@@ -162,15 +170,8 @@ def build_self_driven_set(clips: Sequence[Clip]) -> EvalSet:
     other = next((o for o in clips[k + 1:] + clips[:k] if o.identity != c.identity), c)
     t = min(c.num_frames, d.num_frames)
     truth = {key: c.truth[key][:t] for key in render.POSE_KEYS + MOUTH_KEYS if key in c.truth}
-    frames = render.render_frames(c.identity_params, truth, int(c.frames.shape[1]))
-    triples.append(CrossTriple(
-        triple_id=f"s{k:03d}", reference_clip=c.clip_id, pose_clip=c.clip_id,
-        audio_clip=c.clip_id, identity_params=dict(c.identity_params),
-        reference_frames=c.frames, pose_frames=c.frames[:t], audio=c.audio[:t * SAMPLES_PER_FRAME],
-        mel=c.mel[:MEL_HOPS_PER_FRAME * t + 16], truth=truth, truth_frames=frames,
-        readout=analyzer.analyze_frames(frames), reference_truth=dict(c.truth),
-        other_mouth={key: d.truth[key][:t] for key in render.MOUTH_KEYS},
-        other_identity_params=dict(other.identity_params), reference_label=int(c.label)))
+    triples.append(_triple(f"s{k:03d}", c, c, c, d, other, truth, int(c.frames.shape[1]),
+                           int(c.label)))
   return EvalSet(int(clips[0].frames.shape[1]), triples)
 
 
