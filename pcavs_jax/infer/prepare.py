@@ -167,14 +167,13 @@ def prepare_reference(path: PathLike, options: PrepareOptions, limit: int | None
 def _audio_notes(path: pathlib.Path) -> list[str]:
   """The conversions of `media.read_audio`, for the report."""
   notes = []
+  if path.suffix.lower() not in (".wav", ".flac", ".ogg"):
+    # ffmpeg decodes these; its metadata (imageio-ffmpeg) does not give the source's rate.
+    return [f"audio {path.name}: decoded by ffmpeg to {media.SAMPLE_RATE} Hz mono"]
   try:
-    if path.suffix.lower() in (".wav", ".flac", ".ogg"):
-      import soundfile
-      info = soundfile.info(str(path))
-      sr, channels, subtype = info.samplerate, info.channels, info.subtype
-    else:
-      mi = media.probe(path)
-      sr, channels, subtype = mi.sample_rate, mi.channels, None
+    import soundfile
+    info = soundfile.info(str(path))
+    sr, channels, subtype = info.samplerate, info.channels, info.subtype
   except Exception:  # read_audio reports the real problem
     return notes
   if channels not in (None, 1, "mono"):
