@@ -166,7 +166,7 @@ def test_a_data_dir_without_records_is_named(tmp_path):
 
 
 def test_sigterm_saves_and_exits(records, tmp_path):
-  script = (f"import sys; sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(pathlib.Path(__file__).parents[1])!r})\n"
+  script = (f"import sys; sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})\n"
             "from test_train import tiny_config\n"
             "from pcavs_jax.train import trainer as train\n"
             # The identity stage compiles in a fraction of the full step's time; the signal
@@ -293,7 +293,7 @@ def test_a_rerun_reads_every_compiled_program_from_the_persistent_cache(records,
 
   def run(name):
     script = (f"import sys; sys.path.insert(0, {str(REPO)!r}); "
-              f"sys.path.insert(0, {str(pathlib.Path(__file__).parents[1])!r})\n"
+              f"sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})\n"
               "from test_train import tiny_config\n"
               "from absl import logging; logging.set_verbosity('info')\n"
               "from pcavs_jax.train import trainer as train\n"
