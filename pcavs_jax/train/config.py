@@ -57,6 +57,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_every = 0             # > 0: SynthTalk mechanism measures every this many steps
   config.eval_triples = 8           # generation rows on this many triples of each set
   config.eval_dir = ""              # the sets' folder; '' = <data_dir>/cross_driven
+  config.data_reseed_every = 0      # re-seed the data order every N steps; 0 = checkpoint_every
+  # Several processes (hosts): jax.distributed's coordinator; unset, jax reads the cluster's
+  # environment (SLURM, TPU pods, JAX_COORDINATOR_ADDRESS).
+  config.distributed = ml_collections.ConfigDict(dict(
+      coordinator_address="", num_processes=1, process_id=0, local_device_ids=None))
   config.model = model_config(224, 1.0)
   config.data = data_config()
   config.data.resolution = config.model.get_ref("resolution")
