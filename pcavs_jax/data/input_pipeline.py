@@ -46,7 +46,8 @@ import ml_collections
 import numpy as np
 
 from pcavs_jax.data import records
-from pcavs_jax.data.clips import Clip
+from pcavs_jax.data.audio import WINDOW_FRAMES
+from pcavs_jax.data.clips import MEL_HOPS_PER_FRAME, Clip
 
 
 class _LazyTensorFlow:
@@ -63,8 +64,7 @@ Batch = dict[str, Any]
 # ITU-R BT.601 luma weights of (R, G, B), as E_n's grayscale option reads a frame.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 AUTOTUNE = -1  # tf.data.AUTOTUNE
-HOPS_PER_FRAME = 4
-WINDOW_HOPS = 20
+WINDOW_HOPS = MEL_HOPS_PER_FRAME * WINDOW_FRAMES   # 20 mel hops per E_a window
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -204,7 +204,7 @@ def _parse(serialized: tf.Tensor, truth_spec: dict[str, list[int]]) -> dict[str,
 
 def mel_windows_tf(mel: tf.Tensor, frames: tf.Tensor) -> tf.Tensor:
   """(len(frames), 80, 20) E_a windows, edge-padded; matches `pcavs_jax.data.audio.mel_windows`."""
-  start = HOPS_PER_FRAME * (frames - 2)
+  start = MEL_HOPS_PER_FRAME * (frames - 2)
   idx = start[:, None] + tf.range(WINDOW_HOPS)[None, :]
   idx = tf.clip_by_value(idx, 0, tf.shape(mel)[0] - 1)
   return tf.transpose(tf.gather(mel, idx), [0, 2, 1])
