@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch (a dev-only dependency) writes the .pth fixtures")
 
-from configs.default import model_config  # noqa: E402
+from pcavs_jax.models.config import model_config  # noqa: E402
 from pcavs_jax import checkpoint
 from pcavs_jax.cli import main as cli  # noqa: E402
 from pcavs_jax.convert.official import convert_official  # noqa: E402
