@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import hashlib
 import os
 import pathlib
-import pickle
 import time
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -84,96 +80,33 @@ def replicated_sharding() -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(train_steps.AXIS))
 
 
-def executable_key(*parts) -> str:
-  """A digest naming a compiled program: its configuration `parts` and the jax and devices that
-  compiled it."""
-  devices = jax.local_devices()
-  text = repr((jax.__version__, jax.default_backend(), len(devices), devices[0].device_kind,
-               parts))
-  return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def _abstract(tree) -> str:
-  return repr(jax.tree.map(lambda x: (tuple(np.shape(x)), str(np.asarray(x).dtype)), tree))
-
-
-def _load_executable(path: pathlib.Path, batch) -> Callable[[Any], Any]:
-  """Reads a kept program; returns how to load it for the live replicated state.
-
-  The state's tree definition holds the optimisers' functions, which do not pickle: the file
-  keeps the program and the metrics' layout, and the trees are rebuilt from the live state.
-  """
-  from jax.experimental import serialize_executable
-  with open(path, "rb") as f:
-    payload, metrics_layout = pickle.load(f)
-
-  def load(rstate):
-    in_tree = jax.tree.structure(((rstate, batch), {}))
-    out_tree = jax.tree_util.treedef_tuple(
-        [jax.tree.structure(rstate), jax.tree.structure(metrics_layout)])
-    return serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
-  return load
-
-
-def _save_executable(path: pathlib.Path, compiled) -> None:
-  from jax.experimental import serialize_executable
-  payload, _, out_tree = serialize_executable.serialize(compiled)
-  metrics_tree = out_tree.children()[1]
-  metrics_layout = jax.tree.unflatten(metrics_tree, [0] * metrics_tree.num_leaves)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  tmp.write_bytes(pickle.dumps((payload, metrics_layout)))
-  os.replace(tmp, path)
-
-
-def _compile(step_fn, batch, make_state):
-  n, sharding = jax.local_device_count(), replicated_sharding()
-  state = jax.eval_shape(make_state)
-  replicated = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct((n,) + tuple(x.shape), x.dtype, sharding=sharding), state)
-  return step_fn.lower(replicated, batch).compile()
-
-
-def prepare_first_step(step_fn, data, make_state, executables: pathlib.Path | None = None,
-                       key: str = "") -> concurrent.futures.Future:
-  """The run's first batch, fetched in a background thread, which then gets `step_fn` compiled
-  for that batch and the replicated state `make_state` would build (traced abstractly, never
+def prepare_first_step(step_fn, data, make_state, compile_step: bool
+                       ) -> concurrent.futures.Future:
+  """The run's first batch, fetched in a background thread, which then compiles `step_fn` for
+  that batch and the replicated state `make_state` would build (traced abstractly, never
   computed).
 
-  XLA compiles on one core, so the step's compile overlaps the initialisation's and the input
-  pipeline's start. The compiled program is also kept as a file in `executables` (named by `key`
-  and the batch's shapes): a re-run of the same configuration loads it and traces nothing, which
-  tracing and lowering the step would cost (about 25 s on a 2-core CPU) even with every compile
-  in the persistent cache.
+  XLA compiles on one core, so the step's compile overlaps the initialisation's compile and the
+  input pipeline's start; the program also goes to the persistent compilation cache.
 
   Returns:
-    a future of (batch, `finish`): `finish(replicated_state)` gives the compiled step, or None
-    when `executables` is None or compiling failed (the first call then compiles it).
+    a future of (batch, the compiled step or None when not compiled or the compile failed).
   """
   def work():
     batch = next(data)
-    if executables is None:
-      return batch, lambda rstate: None
-    t = time.time()
-    path = executables / f"train_step-{executable_key(key, _abstract(batch))}.bin"
-    if path.exists():
+    compiled = None
+    if compile_step:
+      t = time.time()
+      n, sharding = jax.local_device_count(), replicated_sharding()
+      state = jax.eval_shape(make_state)
+      replicated = jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct((n,) + tuple(x.shape), x.dtype, sharding=sharding), state)
       try:
-        load = _load_executable(path, batch)
-        logging.info("train step loaded from %s in %.1f s", path, time.time() - t)
-        return batch, load
-      except Exception as e:  # pylint: disable=broad-except  (a stale or torn file: compile anew)
-        logging.warning("could not load the compiled train step %s (%s); compiling", path, e)
-    try:
-      compiled = _compile(step_fn, batch, make_state)
-      logging.info("train step compiled in the background in %.1f s", time.time() - t)
-    except Exception as e:  # pylint: disable=broad-except  (the first call compiles it then)
-      logging.warning("the background compile of the train step failed: %s", e)
-      return batch, lambda rstate: None
-    try:
-      _save_executable(path, compiled)
-    except Exception as e:  # pylint: disable=broad-except  (only a later run's start is slower)
-      logging.warning("could not keep the compiled train step in %s: %s", path, e)
-    return batch, lambda rstate: compiled
+        compiled = step_fn.lower(replicated, batch).compile()
+        logging.info("train step compiled in the background in %.1f s", time.time() - t)
+      except Exception as e:  # pylint: disable=broad-except  (the first call compiles it then)
+        logging.warning("the background compile of the train step failed: %s", e)
+    return batch, compiled
   executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
   future = executor.submit(work)
   executor.shutdown(wait=False)

@@ -94,9 +94,8 @@ class Trainer:
     self.schedule = stage_schedule(config)
     self.manager = checkpointing.checkpoint_manager(workdir, config)
     self.probe: Probe | None = None
-    precompile = (bool(cache) and not config.get("init_checkpoint")
-                  and not config.get("vgg_weights"))
-    state = self._first_state(pathlib.Path(cache) / "executables" if precompile else None)
+    state = self._first_state(precompile=bool(cache) and not config.get("init_checkpoint")
+                              and not config.get("vgg_weights"))
     self.start_step = self.step = int(state.step)
     if self.start_step == 0 and self.log.is_main:
       _log_parameter_overview(state)
@@ -111,7 +110,7 @@ class Trainer:
     minutes = config.get("max_train_minutes")
     self.deadline = time.time() + 60 * minutes if minutes else None
 
-  def _first_state(self, executables: pathlib.Path | None) -> GANTrainState:
+  def _first_state(self, precompile: bool) -> GANTrainState:
     """The state to start from (restored when the workdir holds a checkpoint), the stage it is
     in and its step function; the first batch and the step's compile start in the background.
 
@@ -125,11 +124,7 @@ class Trainer:
     self.data = train_batches(self.config, latest or 0)
     make_state = lambda: initial_state(self.config, self.model, self.discriminator, self.stage,
                                        first_step)
-    # The step's program depends on the networks, the losses, the optimisers (rates are
-    # compiled in) and the stage.
-    key = (repr(self.config.model), repr(self.config.loss), repr(self.config.train), self.stage)
-    self._pending = runtime.prepare_first_step(self.step_fn, self.data, make_state, executables,
-                                               key)
+    self._pending = runtime.prepare_first_step(self.step_fn, self.data, make_state, precompile)
     state = make_state()
     if latest is not None:
       state = checkpointing.restore_checkpoint(self.manager, state)
@@ -173,10 +168,9 @@ class Trainer:
     """Runs the next step (the first on the batch and program prepared in the background);
     returns its batch."""
     if self._pending is not None:
-      batch, finish = self._pending.result()
+      batch, compiled = self._pending.result()
       self._pending = None
-      # The first stage runs the program compiled (or loaded) in the background.
-      self.step_fn = finish(self.rstate) or self.step_fn
+      self.step_fn = compiled or self.step_fn   # the first stage runs the background-compiled program
     else:
       batch = next(self.data)
     kw = {} if self.vgg_params is None else {"vgg_params": self.vgg_params}
