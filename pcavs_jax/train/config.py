@@ -132,6 +132,17 @@ def _check_data_dir(data_dir: str) -> None:
                       "written by `pcavs-jax synthtalk` or `pcavs-jax preprocess`)")
 
 
+def _check_identity_classes(config: ml_collections.ConfigDict) -> None:
+  """E_i's classifier must have a class for every identity label of the train split (an
+  out-of-range label makes the identity cross-entropy NaN at the first step)."""
+  from pcavs_jax.data import records
+  labels = records.read_manifest(config.data_dir)["splits"].get("train", {}).get("identity_labels", {})
+  if labels and max(labels.values()) >= config.model.num_classes:
+    raise ConfigError(f"config.model.num_classes={config.model.num_classes} is too small: "
+                      f"config.data_dir={config.data_dir} has identity labels up to "
+                      f"{max(labels.values())} ({len(labels)} training identities)")
+
+
 def _check_stages(config: ml_collections.ConfigDict) -> None:
   from pcavs_jax.train import stages
   if config.train.stage not in stages.STAGES:
@@ -157,7 +168,8 @@ def validate_config(config: ml_collections.ConfigDict, *, process_count: int | N
   """Raises ConfigError (one line naming the setting) for a config training cannot run.
 
   Checks: fields that `base_config()` does not have, `data_dir` (set, a folder, with train
-  records), stage names, and the global batch over all devices.
+  records whose identity labels fit `model.num_classes`), stage names, and the global batch
+  over all devices.
   """
   problems = unknown_fields(config, base_config())
   if problems:
@@ -169,3 +181,4 @@ def validate_config(config: ml_collections.ConfigDict, *, process_count: int | N
   _check_batch(config, process_count, local_devices)
   if check_data:
     _check_data_dir(config.data_dir)
+    _check_identity_classes(config)

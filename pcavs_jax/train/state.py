@@ -131,14 +131,22 @@ def create_train_state(g_params: Mapping[str, PyTree], d_params: PyTree,
     raise ValueError(f"train.ema_decay must be in [0, 1), got {ema_decay}")
   if not ema_decay:
     ema_params = {}
-  elif ema_params is None:
-    ema_params = jax.tree.map(jnp.array, g_params)   # a copy: the step donates the state
+  # The optimiser states (and the average's copy) in one program: run eagerly, their hundreds
+  # of per-leaf operations each dispatch (and at a first run compile) a program of their own.
+  @jax.jit
+  def init_states(g_params, d_params):
+    ema = jax.tree.map(jnp.copy, g_params) if ema_decay and ema_params is None else None
+    return txs["generator"].init(g_params), txs["discriminator"].init(d_params), ema
+
+  g_opt_state, d_opt_state, ema_copy = init_states(g_params, d_params)
+  if ema_decay and ema_params is None:
+    ema_params = ema_copy   # a copy made inside the program: the step donates the state
   return GANTrainState(
       step=jnp.zeros((), jnp.int32),
       g_params=g_params,
       d_params=d_params,
-      g_opt_state=txs["generator"].init(g_params),
-      d_opt_state=txs["discriminator"].init(d_params),
+      g_opt_state=g_opt_state,
+      d_opt_state=d_opt_state,
       batch_stats=batch_stats,
       rng=jax.random.PRNGKey(0) if rng is None else rng,
       ema_params=dict(ema_params),

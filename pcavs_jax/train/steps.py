@@ -84,13 +84,14 @@ def _g_losses(outputs, d_out, batch: Batch, loss_config, vgg_params) -> tuple[ja
                                 cosine_scale=w.get("sync_cosine_scale", 0.0))
     terms.update(parts)
   if d_out is not None:
-    b = batch["target"].shape[0]
-    fake_v, fake_a, real = _split_scales(d_out, b)
+    fake_v, fake_a, real = _split_scales(d_out, batch["target"].shape[0])
     for name, fake_d in (("visual", fake_v), ("audio", fake_a)):
       terms[f"gan_{name}"] = w.gan * losses.hinge_g_loss(fake_d)
       if w.feature_matching > 0:
         terms[f"feature_matching_{name}"] = losses.feature_matching_loss(
             fake_d, real, lambda_feat=w.feature_matching, lambda_image=w.image)
+  if "fake_visual" in outputs:
+    for name in ("visual", "audio"):
       fake = outputs[f"fake_{name}"]
       if w.l1_image > 0:
         terms[f"l1_image_{name}"] = w.l1_image * losses.l1_loss(fake, batch["target"])
@@ -102,6 +103,12 @@ def _g_losses(outputs, d_out, batch: Batch, loss_config, vgg_params) -> tuple[ja
         terms[f"vgg_{name}"] = w.vgg * perceptual_loss(vgg_params, fake, batch["target"])
   total = sum(terms.values())
   return total, terms
+
+
+def uses_discriminator(loss_config) -> bool:
+  """Whether the generator side reads D: with no GAN and no feature-matching weight, D neither
+  runs nor trains (a recipe of pixel losses alone, as the memorisation check can use)."""
+  return loss_config.gan > 0 or loss_config.feature_matching > 0
 
 
 def _split_scales(d_out, b: int):
@@ -171,7 +178,7 @@ def generator_side_loss_and_grads(outputs, vjp_fn, batch: Batch, d_params, d_sta
   """
   def loss_fn(outs):
     d_out = None
-    if "fake_visual" in outs:
+    if "fake_visual" in outs and uses_discriminator(loss_config):
       images = jnp.concatenate([outs["fake_visual"], outs["fake_audio"], batch["target"]])
       # D's spectral-norm vectors are not advanced by the generator side.
       d_out = discriminator.apply({"params": d_params, "batch_stats": d_stats}, images, train=False)
@@ -199,7 +206,7 @@ def train_step(state: GANTrainState, batch: Batch, *, model, discriminator, conf
   metrics: dict[str, jax.Array] = {}
   new_state, d_stats = state, state.batch_stats["d"]
 
-  if "fake_visual" in outputs:
+  if "fake_visual" in outputs and uses_discriminator(config.loss):
     d_loss, d_terms, d_grads, d_stats = discriminator_loss_and_grads(
         state.d_params, d_stats, outputs, batch, discriminator=discriminator,
         gan_weight=config.loss.gan)

@@ -136,3 +136,11 @@ def test_a_valid_config_passes(records_dir):
   config = default.get_config("variant=tiny")
   config.data_dir = str(records_dir)
   validate_config(config, process_count=1, local_devices=4)
+
+
+def test_too_few_identity_classes_are_named(records_dir):
+  config = default.get_config("variant=tiny")
+  config.data_dir = str(records_dir)
+  config.model.num_classes = 1   # the records hold identity labels 0 and 1
+  with pytest.raises(ConfigError, match=r"^config\.model\.num_classes=1 is too small: .* up to 1 "):
+    validate_config(config, process_count=1, local_devices=1)

@@ -210,6 +210,21 @@ def test_sync_stages_train_only_the_mouth_pathway(records, tmp_path, stage):
   assert not changed("generator") and not changed("identity_encoder")
 
 
+def test_pixel_losses_alone_leave_the_discriminator_out(records, tmp_path):
+  """No GAN and no feature-matching weight: D neither runs nor trains; G learns by pixel L1."""
+  config = tiny_config(records, 1, **{"loss.gan": 0.0, "loss.feature_matching": 0.0,
+                                      "loss.l1_image": 1.0})
+  init = train.initial_state(config, *_networks(records))
+  state = train.train_and_evaluate(config, str(tmp_path))
+  (row,) = history(tmp_path)
+  assert "d_loss" not in row and "gan_visual" not in row and row["l1_image_visual"] > 0
+  for a, b in zip(jax.tree.leaves(init.d_params), jax.tree.leaves(state.d_params)):
+    np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+  assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+             zip(jax.tree.leaves(init.g_params["generator"]),
+                 jax.tree.leaves(state.g_params["generator"])))
+
+
 @pytest.mark.slow  # ~6 min on 2 cores: six train-step compiles (identity and full, three runs)
 def test_stage_schedule_switches_and_resumes_across_the_boundary(records, tmp_path):
   """identity for 2 steps, then full: E_i alone trains first; a run stopped at the boundary and
