@@ -27,12 +27,18 @@ def _checkpointer():
   return ocp.StandardCheckpointer()
 
 
-def save_export(out_dir: str | os.PathLike, variables: dict, model_config,
-                d_variables: dict | None = None, source: str = "") -> pathlib.Path:
-  """Writes an exported checkpoint; refuses to overwrite a non-empty folder."""
+def check_export_target(out_dir: str | os.PathLike) -> pathlib.Path:
+  """The absolute export folder; FileExistsError if it already holds anything."""
   out = pathlib.Path(out_dir).absolute()
   if out.exists() and any(out.iterdir()):
     raise FileExistsError(f"checkpoint output folder {out} exists and is not empty")
+  return out
+
+
+def save_export(out_dir: str | os.PathLike, variables: dict, model_config,
+                d_variables: dict | None = None, source: str = "") -> pathlib.Path:
+  """Writes an exported checkpoint; refuses to overwrite a non-empty folder."""
+  out = check_export_target(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   ckpt = _checkpointer()
   ckpt.save(out / "variables", jax.tree.map(np.asarray, variables))

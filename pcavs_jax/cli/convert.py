@@ -15,9 +15,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
   from pcavs_jax.models.config import model_config
-  from pcavs_jax.checkpoint import save_export
+  from pcavs_jax.checkpoint import check_export_target, save_export
   from pcavs_jax.convert.official import convert_official
 
+  check_export_target(args.out)  # before the slow conversion, not after it
   config = model_config()
   variables, d_variables, report = convert_official(args.official, config, epoch=args.epoch)
   print(report.summary())

@@ -110,7 +110,7 @@ def test_parameter_counts_equal_official(loaded, parity_dir):
       "G", lambda k: is_buffer(k) or k.startswith(("style.", "input.", "noises.")))
 
 
-def test_convert_command_writes_a_loadable_checkpoint(official_dirs, converted, tmp_path):
+def test_convert_command_writes_a_loadable_checkpoint(official_dirs, converted, tmp_path, capsys):
   out = tmp_path / "converted"
   assert cli.main(["convert", "--official", str(official_dirs["zip"]), "--out", str(out)]) == 0
   model, variables, _, d_variables = checkpoint.load_export(out, with_discriminator=True)
@@ -118,5 +118,10 @@ def test_convert_command_writes_a_loadable_checkpoint(official_dirs, converted, 
   jax.tree.map(np.testing.assert_array_equal, variables, zip_vars)
   jax.tree.map(np.testing.assert_array_equal, d_variables, zip_d)
   assert json.loads((out / "config.json").read_text())["model"]["resolution"] == 224
-  with pytest.raises(FileExistsError):  # never overwrites what is written
-    cli.main(["convert", "--official", str(official_dirs["zip"]), "--out", str(out)])
+  written = {f: f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file()}
+  capsys.readouterr()
+  # Never overwrites what is written: a second run names the folder in one line and exits non-zero.
+  assert cli.main(["convert", "--official", str(official_dirs["zip"]), "--out", str(out)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and str(out) in err[0] and "exists and is not empty" in err[0]
+  assert {f: f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file()} == written
