@@ -74,6 +74,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # and G collapses (held-out SSIM 0.27 at step 3750).
   config.train.decay_start_step = 100_000
   config.train.decay_end_step = 100_000
+  # The GAN and feature-matching terms carry the pose in cross-driving. Two 500-identity runs, both
+  # with pixel L1 (loss.l1_image=10, loss.mouth_l1=10): at step 9000, the one without D
+  # (loss.gan=0, loss.feature_matching=0) had a seen pose ratio of 3.99 against 0.83 and seen
+  # SSIM 0.641 against 0.689, for only 10 % more steps per minute.
   # Evaluate a moving average of the G side: GAN weights oscillate from checkpoint to checkpoint.
   config.train.ema_decay = 0.999
   return config

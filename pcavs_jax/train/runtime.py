@@ -1,6 +1,6 @@
 """A training process's set-up and compiled programs: multi-process start, the persistent
-compilation cache, replication over the local devices, the pmapped train and sample steps and the
-first step's compile in the background."""
+compilation cache, replication over the local devices, the pmapped train and sample steps, and their
+compiles in the background."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -8,6 +8,8 @@ import functools
 import os
 import pathlib
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -80,11 +82,27 @@ def replicated_sharding() -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(train_steps.AXIS))
 
 
+def _compile_for(step_fn, make_state, batch, what: str):
+  """`step_fn` compiled for `batch` and the replicated state `make_state` would build (traced
+  abstractly, never computed); None when the compile fails (the first call compiles it then)."""
+  t = time.time()
+  n, sharding = jax.local_device_count(), replicated_sharding()
+  try:
+    replicated = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((n,) + tuple(x.shape), x.dtype, sharding=sharding),
+        jax.eval_shape(make_state))
+    compiled = step_fn.lower(replicated, batch).compile()
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("the background compile of the %s failed: %s", what, e)
+    return None
+  logging.info("%s compiled in the background in %.1f s", what, time.time() - t)
+  return compiled
+
+
 def prepare_first_step(step_fn, data, make_state, compile_step: bool
                        ) -> concurrent.futures.Future:
   """The run's first batch, fetched in a background thread, which then compiles `step_fn` for
-  that batch and the replicated state `make_state` would build (traced abstractly, never
-  computed).
+  that batch and the replicated state `make_state` would build.
 
   XLA compiles on one core, so the step's compile overlaps the initialisation's compile and the
   input pipeline's start; the program also goes to the persistent compilation cache.
@@ -94,23 +112,32 @@ def prepare_first_step(step_fn, data, make_state, compile_step: bool
   """
   def work():
     batch = next(data)
-    compiled = None
-    if compile_step:
-      t = time.time()
-      n, sharding = jax.local_device_count(), replicated_sharding()
-      state = jax.eval_shape(make_state)
-      replicated = jax.tree.map(
-          lambda x: jax.ShapeDtypeStruct((n,) + tuple(x.shape), x.dtype, sharding=sharding), state)
-      try:
-        compiled = step_fn.lower(replicated, batch).compile()
-        logging.info("train step compiled in the background in %.1f s", time.time() - t)
-      except Exception as e:  # pylint: disable=broad-except  (the first call compiles it then)
-        logging.warning("the background compile of the train step failed: %s", e)
-    return batch, compiled
+    return batch, (_compile_for(step_fn, make_state, batch, "train step") if compile_step
+                   else None)
   executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
   future = executor.submit(work)
   executor.shutdown(wait=False)
   return future
+
+
+def compile_ahead(later_stages: Sequence[tuple[str, Any, Any]], batch
+                  ) -> dict[str, concurrent.futures.Future]:
+  """The later stages' train steps, compiled one after another in a background thread while
+  the current stage trains, so that a stage switch costs no compile in the loop.
+
+  Args:
+    later_stages: (stage, its pmapped step, a function building its state) per later stage, in
+      schedule order.
+    batch: a batch of the run (its shapes).
+
+  Returns:
+    {stage: a future of its compiled step, or None where the compile failed}.
+  """
+  executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+  ahead = {stage: executor.submit(_compile_for, fn, make, batch, f"stage {stage!r} train step")
+           for stage, fn, make in later_stages}
+  executor.shutdown(wait=False)
+  return ahead
 
 
 def pmapped_train_step(model, discriminator, config: ml_collections.ConfigDict, stage: str):

@@ -7,6 +7,7 @@ stops the run and never reaches a checkpoint.
 """
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import time
@@ -112,7 +113,8 @@ class Trainer:
 
   def _first_state(self, precompile: bool) -> GANTrainState:
     """The state to start from (restored when the workdir holds a checkpoint), the stage it is
-    in and its step function; the first batch and the step's compile start in the background.
+    in and its step function; the first batch, the step's compile and the later stages' compiles
+    start in the background.
 
     A checkpoint holds the optimiser states of the stage its step belongs to (a state is
     switched to the next stage before the boundary step's checkpoint is written).
@@ -125,6 +127,12 @@ class Trainer:
     make_state = lambda: initial_state(self.config, self.model, self.discriminator, self.stage,
                                        first_step)
     self._pending = runtime.prepare_first_step(self.step_fn, self.data, make_state, precompile)
+    # Compiled in the background once the first step is done (not to slow the start).
+    self._later_stages = [(stage, self._step_fn(stage), functools.partial(
+        initial_state, self.config, self.model, self.discriminator, stage, begins))
+                          for stage, begins in self.schedule if begins > (latest or 0)
+                          ] if precompile else []
+    self._compiled_ahead = {}
     state = make_state()
     if latest is not None:
       state = checkpointing.restore_checkpoint(self.manager, state)
@@ -161,6 +169,8 @@ class Trainer:
           logging.info("stopping at step %d (%s)", step, "max_train_minutes reached"
                        if self._out_of_time(agreed=False) else "preempted")
           break
+    for future in self._compiled_ahead.values():   # stages never reached: compile no more
+      future.cancel()
     self.log.flush()
     return jax_utils.unreplicate(self.rstate)
 
@@ -182,6 +192,7 @@ class Trainer:
       logging.info("first step done %.1f s after the start (set-up, input pipeline, compiles)",
                    first_step_s)
       self.log.writer.write_scalars(self.step, {"time_to_first_step_s": first_step_s})
+      self._compiled_ahead = runtime.compile_ahead(self._later_stages, batch)
     self.metrics.add(self.step, metrics)
     return batch
 
@@ -234,7 +245,8 @@ class Trainer:
     logging.info("step %d: stage %r begins", self.step, stage)
     self.rstate = runtime.replicate(
         switch_stage(jax_utils.unreplicate(self.rstate), self.config, stage))
-    self.step_fn = self._step_fn(stage)
+    ahead = self._compiled_ahead.pop(stage, None)
+    self.step_fn = (ahead.result() if ahead else None) or self._step_fn(stage)
 
   def _save(self) -> None:
     """Saves the state, once the losses of every step since the last log are finite."""

@@ -301,25 +301,30 @@ def test_mouth_l1_term_weights_only_the_mouth_box():
 
 
 def test_a_rerun_reads_every_compiled_program_from_the_persistent_cache(records, tmp_path):
-  """A first run (in a fresh process: JAX sets its cache folder once per process) fills the
-  cache folder, the train step compiled in the background among its programs; a second run
-  with a new workdir compiles nothing new."""
+  """A first run (in a fresh process: JAX sets its cache folder once per process) of two stages
+  compiles both stages' train steps in the background, the second once the first step is done,
+  and the loop uses them: no train step compiles a third time; its programs fill the cache folder, and a
+  second run with a new workdir compiles nothing new."""
   cache = tmp_path / "xla_cache"
 
   def run(name):
     script = (f"import sys; sys.path.insert(0, {str(REPO)!r}); "
               f"sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})\n"
               "from test_train import tiny_config\n"
+              "import jax; jax.config.update('jax_log_compiles', True)\n"
               "from absl import logging; logging.set_verbosity('info')\n"
               "from pcavs_jax.train import trainer as train\n"
               f"c = tiny_config({records!r}, 2, compilation_cache_dir={str(cache)!r}, "
-              "**{'train.stage': 'identity'})\n"
+              "**{'train.schedule': 'identity:1,sync'})\n"
               f"train.train_and_evaluate(c, {str(tmp_path / name)!r})\n")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "first step done" in proc.stderr
+    assert "stage 'sync' train step compiled in the background" in proc.stderr
+    if name == "first":  # jax_log_compiles: a pmapped step compiles as 'jit(_fun)'; only twice
+      assert proc.stderr.count("Compiling jit(_fun)") == 2   # (a third: the loop compiled again)
     return {p.name: p.stat().st_size for p in cache.iterdir()}
 
   first = run("first")
