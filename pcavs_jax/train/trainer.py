@@ -128,10 +128,11 @@ class Trainer:
                                        first_step)
     self._pending = runtime.prepare_first_step(self.step_fn, self.data, make_state, precompile)
     # Compiled in the background once the first step is done (not to slow the start).
-    self._later_stages = [(stage, self._step_fn(stage), functools.partial(
-        initial_state, self.config, self.model, self.discriminator, stage, begins))
-                          for stage, begins in self.schedule if begins > (latest or 0)
-                          ] if precompile else []
+    later = [(stage, begins) for stage, begins in self.schedule if begins > (latest or 0)]
+    self._later_stages = [
+        (stage, self._step_fn(stage), functools.partial(
+            initial_state, self.config, self.model, self.discriminator, stage, begins))
+        for stage, begins in (later if precompile else [])]
     self._compiled_ahead = {}
     state = make_state()
     if latest is not None:

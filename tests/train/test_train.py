@@ -303,8 +303,8 @@ def test_mouth_l1_term_weights_only_the_mouth_box():
 def test_a_rerun_reads_every_compiled_program_from_the_persistent_cache(records, tmp_path):
   """A first run (in a fresh process: JAX sets its cache folder once per process) of two stages
   compiles both stages' train steps in the background, the second once the first step is done,
-  and the loop uses them: no train step compiles a third time; its programs fill the cache folder, and a
-  second run with a new workdir compiles nothing new."""
+  and the loop uses them: no train step compiles a third time. Its programs fill the cache
+  folder, and a second run with a new workdir compiles nothing new."""
   cache = tmp_path / "xla_cache"
 
   def run(name):
