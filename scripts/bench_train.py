@@ -4,12 +4,18 @@
   python scripts/bench_train.py --config configs/synthtalk.py --devices 8     # 8 simulated CPU devices
   python scripts/bench_train.py --config configs/synthtalk.py --mfu           # + FLOPs and utilisation
   python scripts/bench_train.py --config configs/default.py --mfu --batch-size 2   # the 224 px step
+  python scripts/bench_train.py --config configs/synthtalk.py --mfu --conv-ceiling # + the convs' own rate
 
 --mfu prints the step's FLOPs (XLA's cost analysis of the compiled step), the achieved GFLOP/s and,
 beside them, the matmul rate measured on the same machine: numpy's float32 matrix product on a
 CPU, a jnp matrix product in the compute dtype on an accelerator. Their ratio is the utilisation
 (MFU against what this machine's matrix unit delivers, not a datasheet peak; --peak-tflops adds
 the datasheet ratio).
+
+--conv-ceiling times every convolution and matrix product of the step alone, at its own shapes,
+and prints their summed rate against the matmul rate: what the step would reach if it did
+nothing but its convolutions, each at the speed XLA runs it in isolation. Narrow networks make
+small-channel convolutions, and this is the ceiling their shapes set.
 
 With --devices N on a CPU, XLA is told to expose N host devices (set before jax is imported); the
 global batch stays config.data.batch_size, so the figures compare the same work.
@@ -34,6 +40,8 @@ def _parse() -> argparse.Namespace:
   p.add_argument("--peak-tflops", type=float, default=0.0,
                  help="also the ratio to this datasheet peak, e.g. 989 (H100 bf16)")
   p.add_argument("--dtype", default=None, help="override config.model.dtype")
+  p.add_argument("--conv-ceiling", action="store_true",
+                 help="time each convolution and matrix product of the step alone and print their rate")
   return p.parse_args()
 
 
@@ -90,17 +98,88 @@ def main() -> None:
         f"{n} x {jax.devices()[0].device_kind}, dtype {config.model.dtype}")
   print(f"compile {compile_s:.1f} s; {1 / dt:.3f} steps/s, {bs / dt:.2f} examples/s "
         f"({dt * 1000:.0f} ms/step)")
+  if args.mfu or args.conv_ceiling:
+    rate, how = matmul_rate(config.model.dtype)
   if args.mfu:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", float("nan"))) * n  # per-device program, all devices
     achieved = flops / dt / 1e9
-    rate, how = matmul_rate(config.model.dtype)
     print(f"FLOPs/step {flops / 1e9:.2f} GFLOP (compiled cost analysis) | achieved "
           f"{achieved:.1f} GFLOP/s | matmul rate {rate:.1f} GFLOP/s ({how}) | "
           f"utilisation {100 * achieved / rate:.1f} %")
     if args.peak_tflops:
       print(f"MFU: {100 * achieved / 1e3 / args.peak_tflops:.1f} % of {args.peak_tflops} TFLOP/s")
+  if args.conv_ceiling:
+    gflop, seconds, kinds = contraction_ceiling(step, state, batch, args.steps)
+    print(f"convolutions and matrix products alone: {kinds} distinct shapes, {gflop:.2f} GFLOP and "
+          f"{seconds * 1000:.0f} ms per step, {gflop / seconds:.1f} GFLOP/s = "
+          f"{100 * gflop / seconds / rate:.1f} % of the matmul rate; "
+          f"{100 * seconds / dt:.0f} % of the step's time")
+
+
+def contraction_ceiling(step, state, batch, repeats: int) -> tuple[float, float, int]:
+  """(GFLOP, seconds, distinct shapes) of the step's convolutions and dot products, each run alone.
+
+  Walks the step's jaxpr (through pmap, jit, vjp and custom rules) for `conv_general_dilated` and
+  `dot_general`, compiles each distinct one by itself on random operands of its shapes, and sums
+  count x time and count x FLOPs (XLA's cost analysis). The time of a call to an empty program is
+  taken off each call, so dispatch does not count against the convolutions.
+  """
+  import collections
+  import jax
+  import numpy as np
+
+  counts: collections.Counter = collections.Counter()
+  example = {}
+
+  def subjaxprs(value):
+    if hasattr(value, "jaxpr") and hasattr(value, "consts"):   # ClosedJaxpr
+      yield value.jaxpr
+    elif hasattr(value, "eqns"):                                # Jaxpr
+      yield value
+    elif isinstance(value, (tuple, list)):
+      for v in value:
+        yield from subjaxprs(v)
+
+  def walk(jaxpr) -> None:
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+        key = (eqn.primitive.name,
+               tuple((tuple(v.aval.shape), str(v.aval.dtype)) for v in eqn.invars),
+               repr(sorted(eqn.params.items())))
+        counts[key] += 1
+        example.setdefault(key, eqn)
+      for value in eqn.params.values():
+        for sub in subjaxprs(value):
+          walk(sub)
+
+  walk(jax.make_jaxpr(step)(state, batch).jaxpr)
+  rng = np.random.default_rng(0)
+  total_flop = total_s = 0.0
+  one = jax.device_put(np.zeros(1, np.float32))
+  dispatch = _call_seconds(jax.jit(lambda x: x + 1).lower(one).compile(), [one], repeats * 10)
+  for key, count in counts.items():
+    eqn = example[key]
+    operands = [jax.device_put(rng.standard_normal(v.aval.shape).astype(v.aval.dtype))
+                for v in eqn.invars]
+    compiled = jax.jit(lambda *xs, e=eqn: e.primitive.bind(*xs, **e.params)).lower(*operands).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    total_s += count * max(_call_seconds(compiled, operands, repeats) - dispatch, 0.0)
+    total_flop += count * float(cost.get("flops", 0.0))
+  return total_flop / 1e9, total_s, len(counts)
+
+
+def _call_seconds(compiled, operands, repeats: int) -> float:
+  """Mean seconds per call of a compiled program, after one warm-up call."""
+  import jax
+  jax.block_until_ready(compiled(*operands))
+  t = time.perf_counter()
+  for _ in range(repeats):
+    out = compiled(*operands)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t) / repeats
 
 
 def matmul_rate(dtype: str, repeats: int = 10) -> tuple[float, str]:
