@@ -1,7 +1,9 @@
 """Time per driven frame of PC-AVS inference (network only) at the official size.
 
-A driven frame runs E_n on the pose frame, E_a on the mel window and G (83 GFLOP); the identity
-is encoded once per video, outside the timed loop, as generation does.
+A driven frame runs E_n on the pose frame, E_a on the mel window and G (83 GFLOP at 224 px by a
+layer count: E_n 12.65, E_a 0.94, G 69.4; the GFLOP/s column uses XLA's count of the compiled
+program, right at any --resolution). The identity is encoded once per video, outside the timed
+loop, as generation does.
 
   python scripts/bench_inference.py                      # batch 1, 4, 16, float32, this machine
   python scripts/bench_inference.py --batch 4 --dtype bfloat16
@@ -15,11 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench_train import compiled_flops  # this folder is on the path when the script runs
 from pcavs_jax.models.config import model_config
 from pcavs_jax.models.pcavs import build_model
-
-GFLOP_PER_FRAME = 83.0  # E_n 12.65 + E_a 0.94 + G 69.4
-
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,9 +45,7 @@ def main() -> None:
   for b in args.batch:
     m, p = mel(b), image(b)
     compiled = drive.lower(variables, identity, m, p).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = (cost or {}).get("flops", float("nan")) / b / 1e9
+    flops = compiled_flops(compiled) / b / 1e9
     jax.block_until_ready(compiled(variables, identity, m, p))
     times = []
     for _ in range(args.repeats):
@@ -55,7 +53,7 @@ def main() -> None:
       jax.block_until_ready(compiled(variables, identity, m, p))
       times.append(time.perf_counter() - t)
     per_frame = min(times) / b
-    print(f"{b:5d} {per_frame:9.3f} {1 / per_frame:9.2f} {GFLOP_PER_FRAME / per_frame:9.1f} {flops:21.1f}")
+    print(f"{b:5d} {per_frame:9.3f} {1 / per_frame:9.2f} {flops / per_frame:9.1f} {flops:21.1f}")
 
 
 if __name__ == "__main__":
