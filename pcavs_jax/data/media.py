@@ -26,6 +26,10 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv")
 _SOUNDFILE_EXTS = (".wav", ".flac", ".ogg")
 _FFMPEG_TIMEOUT_S = 600
+# imageio-ffmpeg starts ffmpeg with `preexec_fn=os.setpgrp`, Python code run in the forked child:
+# in a multithreaded (JAX) process that can deadlock, and JAX warns at every such fork. This
+# switch of imageio-ffmpeg's turns it off; Ctrl-C then reaches ffmpeg too, which a job wants.
+os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
 
 PathLike = str | os.PathLike
 

@@ -169,6 +169,21 @@ def test_write_video_with_audio_roundtrip(tmp_path):
   assert abs(len(wav) - 6400) < 1600 and abs(_peak_hz(wav, 16000) - 440) < 10
 
 
+def test_ffmpeg_runs_without_python_in_the_forked_child(tmp_path):
+  """Writing and probing an mp4 in a process where JAX runs forks ffmpeg without Python code in the
+  child (imageio-ffmpeg's default `preexec_fn` would run there): no deadlock risk, and none of
+  JAX's fork warnings in a job's output."""
+  import warnings
+
+  import jax
+  jax.devices()  # JAX's backends start, and with them its fork warning
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    media.write_video(tmp_path / "o.mp4", np.zeros((3, 8, 8, 3), np.uint8), audio=_tone(0.2, 16000))
+    assert media.probe(tmp_path / "o.mp4").has_video
+  assert not [w for w in caught if "fork" in str(w.message)]
+
+
 def test_write_video_rejects_mismatched_frames(tmp_path):
   with pytest.raises(ValueError, match="differs"):
     media.write_video(tmp_path / "x.mp4", [np.zeros((8, 8, 3), np.uint8),
