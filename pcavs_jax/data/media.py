@@ -8,6 +8,7 @@ its log tells a damaged file from a short one.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -26,9 +27,7 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv")
 _SOUNDFILE_EXTS = (".wav", ".flac", ".ogg")
 _FFMPEG_TIMEOUT_S = 600
-# imageio-ffmpeg starts ffmpeg with `preexec_fn=os.setpgrp`, Python code run in the forked child:
-# in a multithreaded (JAX) process that can deadlock, and JAX warns at every such fork. This
-# switch of imageio-ffmpeg's turns it off; Ctrl-C then reaches ffmpeg too, which a job wants.
+# No `preexec_fn=os.setpgrp` in imageio-ffmpeg's forked child: Python there can deadlock beside JAX.
 os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
 
 PathLike = str | os.PathLike
@@ -394,10 +393,8 @@ class VideoWriter:
   def abort(self) -> None:
     """Stops ffmpeg and removes the partial file; `path` is left as it was."""
     if self._gen is not None:
-      try:
+      with contextlib.suppress(KeyboardInterrupt):
         self._gen.throw(KeyboardInterrupt)   # imageio-ffmpeg kills ffmpeg without waiting
-      except KeyboardInterrupt:
-        pass
       self._gen = None
     self._remove_audio()
     self._partial.unlink(missing_ok=True)
