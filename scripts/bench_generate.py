@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from bench_train import fastest_call_seconds  # this folder is on sys.path
 from pcavs_jax.models.config import model_config
 from pcavs_jax.infer import api, runner
 from pcavs_jax.data import media
@@ -107,13 +108,7 @@ def main() -> None:
              rng.integers(0, 256, (b, r, r, 3), dtype=np.uint8))
     on_device = jax.device_put(batch, driver._sharded)
     drive = runner.jitted(model, "drive")
-    jax.block_until_ready(drive(driver.variables, *on_device))
-    times = []
-    for _ in range(args.repeats):
-      t = time.perf_counter()
-      jax.block_until_ready(drive(driver.variables, *on_device))
-      times.append(time.perf_counter() - t)
-    network = min(times) / b
+    network = fastest_call_seconds(drive, [driver.variables, *on_device], args.repeats) / b
 
   n = args.frames
   timings = rec["timings"]

@@ -11,15 +11,15 @@ loop, as generation does.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench_train import compiled_flops  # this folder is on the path when the script runs
+from bench_train import compiled_flops, fastest_call_seconds  # this folder is on sys.path
 from pcavs_jax.models.config import model_config
 from pcavs_jax.models.pcavs import build_model
+
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,13 +46,7 @@ def main() -> None:
     m, p = mel(b), image(b)
     compiled = drive.lower(variables, identity, m, p).compile()
     flops = compiled_flops(compiled) / b / 1e9
-    jax.block_until_ready(compiled(variables, identity, m, p))
-    times = []
-    for _ in range(args.repeats):
-      t = time.perf_counter()
-      jax.block_until_ready(compiled(variables, identity, m, p))
-      times.append(time.perf_counter() - t)
-    per_frame = min(times) / b
+    per_frame = fastest_call_seconds(compiled, [variables, identity, m, p], args.repeats) / b
     print(f"{b:5d} {per_frame:9.3f} {1 / per_frame:9.2f} {flops / per_frame:9.1f} {flops:21.1f}")
 
 

@@ -156,13 +156,14 @@ def contraction_ceiling(step, state, batch, repeats: int) -> tuple[float, float,
   rng = np.random.default_rng(0)
   total_flop = total_s = 0.0
   one = jax.device_put(np.zeros(1, np.float32))
-  dispatch = _call_seconds(jax.jit(lambda x: x + 1).lower(one).compile(), [one], repeats * 10)
+  empty = jax.jit(lambda x: x + 1).lower(one).compile()
+  dispatch = fastest_call_seconds(empty, [one], repeats * 10)
   for key, count in counts.items():
     eqn = example[key]
     operands = [jax.device_put(rng.standard_normal(v.aval.shape).astype(v.aval.dtype))
                 for v in eqn.invars]
     compiled = jax.jit(lambda *xs, e=eqn: e.primitive.bind(*xs, **e.params)).lower(*operands).compile()
-    total_s += count * max(_call_seconds(compiled, operands, repeats) - dispatch, 0.0)
+    total_s += count * max(fastest_call_seconds(compiled, operands, repeats) - dispatch, 0.0)
     total_flop += count * compiled_flops(compiled)
   return total_flop / 1e9, total_s, len(counts)
 
@@ -174,7 +175,7 @@ def compiled_flops(compiled) -> float:
   return float((cost or {}).get("flops", float("nan")))
 
 
-def _call_seconds(compiled, operands, repeats: int) -> float:
+def fastest_call_seconds(compiled, operands, repeats: int) -> float:
   """Fastest of `repeats` timed calls of a compiled program (after one warm-up call), in seconds:
   the best case, as a ceiling wants, and steady against the other threads of a busy machine."""
   import jax
@@ -202,7 +203,7 @@ def matmul_rate(dtype: str, repeats: int = 10) -> tuple[float, str]:
     n = 8192
     a, product = jnp.asarray(rng.standard_normal((n, n)), dtype), jax.jit(lambda x: x @ x)
     how = f"jnp {dtype} {n}^2"
-  return 2 * n ** 3 / _call_seconds(product, [a], repeats) / 1e9, how
+  return 2 * n ** 3 / fastest_call_seconds(product, [a], repeats) / 1e9, how
 
 
 if __name__ == "__main__":
