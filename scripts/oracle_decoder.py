@@ -11,12 +11,13 @@ in it (not a strict bound: the full model's adversarial and feature-matching ter
 L1 alone blurs).
 
   python scripts/oracle_decoder.py --data-dir DIR --eval-set DIR/cross_driven/eval_set.npz \
-      --minutes 28 [--generator-width 0.25] [--lr 2e-3]
+      [DIR/cross_driven/seen_set.npz] --minutes 28 [--generator-width 0.25] [--lr 2e-3]
 
 Prints one JSON line per evaluation: step, wall seconds (the evaluations' included, which
-count against --minutes), training L1 and the cross-driven summary
-(SSIM, PSNR, mouth and pose ratios to their baselines) on the eval set's triples, each driven
-by its reference frame 0, with the true pose of its pose clip and the true mouth of its audio.
+count against --minutes), training L1 and, per eval set (keyed by its file name), the
+cross-driven summary (SSIM, PSNR, mouth and pose ratios to their baselines) on its triples, each
+driven by its reference frame 0, with the true pose of its pose clip and the true mouth of its
+audio, beside the set's copy-reference SSIM.
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ REPORTED = ("ssim", "psnr", "mouth_ratio", "pose_ratio", "identity_err", "abs_la
 def _parse() -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--data-dir", required=True, help="SynthTalk record folder (its train split)")
-  p.add_argument("--eval-set", required=True, help="SynthTalk OUT/cross_driven/eval_set.npz")
+  p.add_argument("--eval-set", required=True, nargs="+",
+                 help="SynthTalk OUT/cross_driven/eval_set.npz (and seen_set.npz, ...)")
   p.add_argument("--config", default="configs/synthtalk.py", help="model widths and data settings")
   p.add_argument("--minutes", type=float, default=28.0)
   p.add_argument("--lr", type=float, default=2e-3, help="Adam rate (the config's G side: 2e-3)")
@@ -46,8 +48,8 @@ def _parse() -> argparse.Namespace:
   p.add_argument("--code-dim", type=int, default=76, help="style length of the code embedding "
                  "(76 = the config's mouth 64 + pose 12)")
   p.add_argument("--eval-every", type=int, default=2000)
-  p.add_argument("--grid", default="", help="PNG path: reference | generated | truth of 4 triples "
-                 "at frames 0, 25, 49, written at the end")
+  p.add_argument("--grid", default="", help="PNG path: reference | generated | truth of the "
+                 "first set's first 4 triples at frames 0, 25, 49, written at the end")
   return p.parse_args()
 
 
@@ -108,20 +110,25 @@ def main() -> None:
 
   draw = jax.jit(lambda params, stats, reference, codes: model.apply(
       {"params": params, "batch_stats": stats}, reference, codes))
-  eval_set = eval_sets.load_eval_set(args.eval_set)
-  baselines = scoring.baseline_scores(eval_set)
-
-  generated = {}
+  sets = {os.path.basename(path).removesuffix(".npz"): eval_sets.load_eval_set(path)
+          for path in args.eval_set}
+  # The baselines stored beside each set, computed only where a set was written without them.
+  baselines = {name: scoring.read_baselines(path) or scoring.baseline_scores(sets[name])
+               for name, path in zip(sets, args.eval_set)}
+  generated = {name: {} for name in sets}
 
   def evaluate(params, stats) -> dict:
-    for t in eval_set.triples:
-      codes = np.stack([t.truth[k] for k in TRUTH_KEYS], -1) / scale
-      reference = np.repeat(t.reference_frames[:1], len(codes), 0).astype(np.float32) / 127.5 - 1
-      generated[t.triple_id] = np.asarray(draw(params, stats, reference, codes))
-    summary = scoring.score(generated, eval_set, value_range=(-1.0, 1.0))
-    summary.pop("per_triple")
-    summary.update(scoring.target_ratios(summary, baselines))
-    return {k: round(float(v), 4) for k, v in summary.items() if k in REPORTED}
+    out = {}
+    for name, eval_set in sets.items():
+      for t in eval_set.triples:
+        codes = np.stack([t.truth[k] for k in TRUTH_KEYS], -1) / scale
+        reference = np.repeat(t.reference_frames[:1], len(codes), 0).astype(np.float32) / 127.5 - 1
+        generated[name][t.triple_id] = np.asarray(draw(params, stats, reference, codes))
+      summary = scoring.score(generated[name], eval_set, value_range=(-1.0, 1.0))
+      summary.update(scoring.target_ratios(summary, baselines[name]))
+      out[name] = {k: round(float(v), 4) for k, v in summary.items() if k in REPORTED}
+      out[name]["copy_reference_ssim"] = round(float(baselines[name]["copy_reference"]["ssim"]), 4)
+    return out
 
   config.data.augment_pose_source = False   # no pose source is read
   batches = input_pipeline.numpy_iterator(input_pipeline.create_train_dataset(
@@ -142,8 +149,9 @@ def main() -> None:
   if args.grid:
     import imageio.v3 as iio
     rows = []
+    name, eval_set = next(iter(sets.items()))
     for t in eval_set.triples[:4]:
-      frames = scoring.to_uint8(generated[t.triple_id], res, (-1.0, 1.0))
+      frames = scoring.to_uint8(generated[name][t.triple_id], res, (-1.0, 1.0))
       rows += [np.concatenate([t.reference_frames[0], frames[f], t.truth_frames[f]], 1)
                for f in (0, 25, 49)]
     iio.imwrite(args.grid, np.concatenate(rows, 0))
