@@ -105,6 +105,20 @@ def sync_ceiling(mouths: list[np.ndarray], audio_clips: list[str],
   return float(np.mean(scores))
 
 
+def _retrieval_hits(visual: list[np.ndarray], audio: list[np.ndarray], audio_clips: list[str],
+                    similarity, candidates: int = SYNC_CANDIDATES) -> list[float]:
+  """Per frame of every clip: 1 when its audio row is nearer (`similarity(cands, a)`, larger is
+  nearer) its own visual row than the same frame of each negative clip, else 0; NaN without
+  negatives."""
+  hits = []
+  for i, others in enumerate(sync_negatives(audio_clips, candidates)):
+    for t in range(len(audio[i])):
+      cand = np.stack([visual[i][t]] + [visual[j][t % len(visual[j])] for j in others])
+      sims = similarity(cand, audio[i][t])
+      hits.append(float(sims[0] > sims[1:].max()) if others else math.nan)
+  return hits
+
+
 def sync_retrieval(visual: list[np.ndarray], audio: list[np.ndarray], audio_clips: list[str],
                    candidates: int = SYNC_CANDIDATES, max_lag: int = 5) -> dict[str, float]:
   """Audio-to-visual mouth retrieval and the audio-mouth lag.
@@ -121,13 +135,7 @@ def sync_retrieval(visual: list[np.ndarray], audio: list[np.ndarray], audio_clip
     sync_lag: the offset l maximising the mean correlation of audio[t] with visual[t + l] (each
     clip's features centred); sync_lag0: share of clips whose own best offset is 0.
   """
-  hits = []
-  for i, others in enumerate(sync_negatives(audio_clips, candidates)):
-    a = _unit(audio[i])
-    for t in range(len(a)):
-      cand = [visual[i][t]] + [visual[j][t % len(visual[j])] for j in others]
-      sims = _unit(np.stack(cand)) @ a[t]
-      hits.append(float(sims[0] > sims[1:].max()) if others else math.nan)
+  hits = _retrieval_hits(visual, audio, audio_clips, lambda c, a: _unit(c) @ _unit(a), candidates)
   curves = []
   for v, a in zip(visual, audio):
     v, a = _unit(v - v.mean(0)), _unit(a - a.mean(0))
@@ -139,6 +147,27 @@ def sync_retrieval(visual: list[np.ndarray], audio: list[np.ndarray], audio_clip
   return {"sync_top1": float(np.mean(hits)) if hits and np.isfinite(hits).all() else math.nan,
           "sync_lag": float(lags[np.argmax(curves.mean(0))]),
           "sync_lag0": float(np.mean(lags[np.argmax(curves, axis=1)] == 0))}
+
+
+def reader_top1(mouths: list[np.ndarray], audio_clips: list[str], r2_visual, r2_audio,
+                candidates: int = SYNC_CANDIDATES, seed: int = 0) -> float:
+  """The retrieval top-1 of mouth readers of a given precision, the ceiling of features that
+  read the mouth that well: each side reads the true mouth (per key) plus independent Gaussian
+  noise of (1 - R^2) times the key's variance, so its read-out has R^2 `r2_visual` /
+  `r2_audio` (scalars or one per key), and candidates rank by distance (an exact tie counts
+  as a miss, so R^2 1 on both sides is `sync_ceiling`'s job).
+
+  Args:
+    mouths: per clip, (T, K) true mouth shape (`render.MOUTH_KEYS`).
+    audio_clips, candidates: as `sync_retrieval`.
+  """
+  rng = np.random.default_rng(seed)
+  scale = np.concatenate(mouths).std(0)
+  read = lambda r2: [m + rng.normal(size=m.shape) * scale * np.sqrt(1.0 - np.asarray(r2))
+                     for m in mouths]
+  hits = _retrieval_hits(read(r2_visual), read(r2_audio), audio_clips,
+                         lambda c, a: -np.sum((c - a) ** 2, -1), candidates)
+  return float(np.mean(hits))
 
 
 def _fit_rows(groups: np.ndarray) -> np.ndarray:
@@ -229,21 +258,35 @@ def pose_following(model, variables, eval_set, batch_size: int = 32) -> dict[str
 
 
 def probe_codes(model, variables, eval_set, batch_size: int = 32) -> dict[str, dict[str, float]]:
-  """What E_n's codes carry and what G's pose follows, on SynthTalk's held-out identities.
+  """What E_n's and E_a's codes carry and what G's pose follows, on a SynthTalk set.
 
-  - `pose_code_r2` / `mouth_feature_r2`: held-out R^2 of a linear read-out of each truth quantity
-    (pose keys, mouth_open) from the pose code / the visual mouth feature of the truth frames,
-    fitted on the first two thirds of the triples and scored on the rest (other identities).
+  - `pose_code_r2` / `mouth_feature_r2` / `audio_mouth_r2`: held-out R^2 of a linear read-out of
+    each truth quantity (pose keys, mouth keys) from the pose code / the visual mouth feature of
+    the truth frames / the audio mouth feature, fitted on the first two thirds of the triples
+    and scored on the rest (other identities).
+  - `sync`: the retrieval top-1 measured (`sync_retrieval`), that of mouth readers as precise as
+    the two features' read-outs (`reader_top1` at their mouth R^2s), of readers at R^2 0.99, and
+    of a perfect one (`sync_ceiling`).
   - `follows_pose_source` / `follows_reference`: `pose_following`.
   """
-  keys = POSE_KEYS + ("mouth_open",)
+  from pcavs_jax.data.synthtalk import render
+  keys = POSE_KEYS + render.MOUTH_KEYS
   codes = encode_set(model, variables, eval_set, batch_size)
   groups = np.concatenate([np.full(t.num_frames, i) for i, t in enumerate(eval_set.triples)])
   truths = np.concatenate([np.stack([t.truth[k] for k in keys], 1) for t in eval_set.triples])
   report = {}
   for name, feats in (("pose_code_r2", codes["pose_code"]),
-                      ("mouth_feature_r2", codes["visual_mouth"])):
+                      ("mouth_feature_r2", codes["visual_mouth"]),
+                      ("audio_mouth_r2", codes["audio_mouth"])):
     report[name] = dict(zip(keys, heldout_r2(np.concatenate(feats), truths,
                                              _fit_rows(groups)).tolist()))
+  clips = [t.audio_clip for t in eval_set.triples]
+  mouths = [np.stack([t.truth[k] for k in render.MOUTH_KEYS], 1) for t in eval_set.triples]
+  r2 = lambda row: np.clip([report[row][k] for k in render.MOUTH_KEYS], 0.0, 1.0)
+  report["sync"] = {
+      "measured": sync_retrieval(codes["visual_mouth"], codes["audio_mouth"], clips)["sync_top1"],
+      "reader_at_these_r2": reader_top1(mouths, clips, r2("mouth_feature_r2"), r2("audio_mouth_r2")),
+      "reader_at_r2_0.99": reader_top1(mouths, clips, 0.99, 0.99),
+      "perfect_reader": sync_ceiling(mouths, clips)}
   report.update(pose_following(model, variables, eval_set, batch_size))
   return report

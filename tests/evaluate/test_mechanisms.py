@@ -41,6 +41,17 @@ def test_sync_ceiling_counts_negatives_with_the_same_mouth():
   assert mechanisms.sync_ceiling([closed, closed] + moving[:2], clips) == pytest.approx(0.75)
 
 
+def test_reader_top1_falls_from_exact_to_chance_with_the_readers_r2():
+  rng = np.random.default_rng(0)
+  mouths = [rng.uniform(0, 1, (40, 2)) for _ in range(9)]
+  clips = [f"c{i}" for i in range(9)]
+  top1 = [mechanisms.reader_top1(mouths, clips, r2, r2) for r2 in (1.0, 0.99, 0.9, 0.0)]
+  assert top1[0] == 1.0 and top1[0] > top1[1] > top1[2] > top1[3]
+  assert top1[3] < 0.25      # chance 1/8
+  # One exact side is better than two noisy ones.
+  assert mechanisms.reader_top1(mouths, clips, 1.0, 0.9) > top1[2]
+
+
 def test_mechanisms_of_exact_codes():
   """Codes that carry the truth read out as R^2 1 and top-1 1."""
   clips = list(generate.generate_clips(0, list(range(6)), 1, 10, RES, first_clip=4))

@@ -266,11 +266,12 @@ def test_synthtalk_curve_scores_every_kept_checkpoint(runs, tmp_path):
   from pcavs_jax.checkpoint import load_checkpoint
   model, variables = load_checkpoint(str(runs["whole"]))
   probe = mechanisms.probe_codes(model, variables, eval_sets.load_eval_set(es_path))
-  assert set(probe["pose_code_r2"]) == set(mechanisms.POSE_KEYS) | {"mouth_open"}
-  assert all(v <= 1.0 for row in ("pose_code_r2", "mouth_feature_r2")
+  assert set(probe["pose_code_r2"]) == set(mechanisms.POSE_KEYS) | {"mouth_open", "mouth_width"}
+  assert all(v <= 1.0 for row in ("pose_code_r2", "mouth_feature_r2", "audio_mouth_r2")
              for v in probe[row].values())
   assert all(np.isnan(v) or -1.0 <= v <= 1.0 for row in ("follows_pose_source", "follows_reference")
              for v in probe[row].values())
+  assert all(0.0 <= v <= 1.0 for v in probe["sync"].values())
 
 
 def test_mouth_l1_term_weights_only_the_mouth_box():
