@@ -16,7 +16,12 @@ of negatives show the same one), still rising by about 0.05 per 1000 steps; lag 
 minutes in all (step 23901), top-1 stays at 0.53-0.60 unseen / 0.48-0.58 seen from step 10000 on
 while the training contrastive loss keeps falling (108 to 76): the encoders fit the training
 clips of 48 identities without telling held-out mouths apart better, so more time on this set
-does not reach 0.80. On the README's 625-identity set (500 training identities, `:minutes=14`,
+does not reach 0.80. What caps it is the features' precision: at step 23901 a linear read-out
+recovers the true mouth openness / width from the visual feature at held-out R^2 0.95 / 0.82 and
+from the audio feature at 0.98 / 0.98, and mouth readers of exactly that precision
+(`mechanisms.reader_top1`) score 0.61; 0.80 needs R^2 0.995 on both sides
+(`scripts/probe_codes.py --checkpoint RUN --eval-set DATA/cross_driven/eval_set.npz`).
+On the README's 625-identity set (500 training identities, `:minutes=14`,
 `--config.model.num_classes=640`): step 5501, 0.428 / 0.453, no higher at equal steps (0.46
 against 0.51 at step 5000) while its training loss falls more slowly (178 against 142).
 """
@@ -39,5 +44,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 0.348), then stalls near 0.40 (0.388 / 0.365 at step 5500, 14 minutes; likely E_n tells
   # training clips apart by more than the mouth). 5-minute runs with it, no better at step 1500:
   # cosine scale 30 (0.325 / 0.353); batch 32 (half the steps, no better per step); lr 5e-3 or
-  # Adam beta1 0.9 collapse E_n's mouth features (top-1 0).
+  # Adam beta1 0.9 collapse E_n's mouth features (top-1 0); same-face negatives (`:batch=4` with
+  # data.clip_len=4, clip_stride=5: 16 frames a batch, 4 of each clip) 0.312 / 0.286.
   return config

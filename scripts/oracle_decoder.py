@@ -11,7 +11,11 @@ in it (not a strict bound: the full model's adversarial and feature-matching ter
 L1 alone blurs).
 
   python scripts/oracle_decoder.py --data-dir DIR --eval-set DIR/cross_driven/eval_set.npz \
-      [DIR/cross_driven/seen_set.npz] --minutes 28 [--generator-width 0.25] [--lr 2e-3]
+      [DIR/cross_driven/seen_set.npz] --minutes 28 [--generator-width 0.25] [--lr 2e-3] \
+      [--no-codes]
+
+`--no-codes` zeroes the codes, so G draws from the identity alone: what the exact pose and mouth
+add to the scores.
 
 Prints one JSON line per evaluation: step, wall seconds (the evaluations' included, which
 count against --minutes), training L1 and, per eval set (keyed by its file name), the
@@ -47,6 +51,8 @@ def _parse() -> argparse.Namespace:
   p.add_argument("--generator-width", type=float, default=0.0, help="0: the config's width")
   p.add_argument("--code-dim", type=int, default=76, help="style length of the code embedding "
                  "(76 = the config's mouth 64 + pose 12)")
+  p.add_argument("--no-codes", action="store_true",
+                 help="zero every code: G styled by the identity alone (ablation)")
   p.add_argument("--eval-every", type=int, default=2000)
   p.add_argument("--grid", default="", help="PNG path: reference | generated | truth of the "
                  "first set's first 4 triples at frames 0, 25, 49, written at the end")
@@ -90,7 +96,10 @@ def main() -> None:
                        name="generator")(style, identity["id_map"], train=train)
 
   model = OracleDecoder()
-  scale = np.asarray(CODE_SCALE, np.float32)
+  # --no-codes zeroes every code: G then has the identity alone (the ablation that tells how much
+  # of the SSIM the exact pose and mouth give).
+  code_scale = np.zeros(len(CODE_SCALE), np.float32) if args.no_codes else 1.0 / np.asarray(
+      CODE_SCALE, np.float32)
   image = jnp.zeros((1, res, res, 3))
   variables = model.init({"params": jax.random.key(config.seed), "noise": jax.random.key(1)},
                          image, jnp.zeros((1, len(TRUTH_KEYS))))
@@ -121,7 +130,7 @@ def main() -> None:
     out = {}
     for name, eval_set in sets.items():
       for t in eval_set.triples:
-        codes = np.stack([t.truth[k] for k in TRUTH_KEYS], -1) / scale
+        codes = np.stack([t.truth[k] for k in TRUTH_KEYS], -1) * code_scale
         reference = np.repeat(t.reference_frames[:1], len(codes), 0).astype(np.float32) / 127.5 - 1
         generated[name][t.triple_id] = np.asarray(draw(params, stats, reference, codes))
       summary = scoring.score(generated[name], eval_set, value_range=(-1.0, 1.0))
@@ -136,7 +145,7 @@ def main() -> None:
   start, step, loss = time.time(), 0, float("nan")
   while time.time() - start < 60 * args.minutes:
     batch = next(batches)
-    codes = np.stack([batch["truth"][k][0, :, 0] for k in TRUTH_KEYS], -1) / scale
+    codes = np.stack([batch["truth"][k][0, :, 0] for k in TRUTH_KEYS], -1) * code_scale
     params, stats, opt_state, loss = train_step(
         params, stats, opt_state, batch["reference"][0, :, 0], codes, batch["target"][0, :, 0],
         jax.random.key(step))
