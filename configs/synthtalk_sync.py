@@ -19,7 +19,7 @@ clips of 48 identities without telling held-out mouths apart better, so more tim
 does not reach 0.80. What caps it is the features' precision: at step 23901 a linear read-out
 recovers the true mouth openness / width from the visual feature at held-out R^2 0.95 / 0.82 and
 from the audio feature at 0.98 / 0.98, and mouth readers of exactly that precision
-(`mechanisms.reader_top1`) score 0.61; 0.80 needs R^2 0.995 on both sides
+(`mechanisms.reader_top1`) score 0.62 (the features: 0.57); 0.80 needs R^2 0.995 on both sides
 (`scripts/probe_codes.py --checkpoint RUN --eval-set DATA/cross_driven/eval_set.npz`).
 On the README's 625-identity set (500 training identities, `:minutes=14`,
 `--config.model.num_classes=640`): step 5501, 0.428 / 0.453, no higher at equal steps (0.46
