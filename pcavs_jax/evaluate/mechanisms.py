@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -106,7 +107,8 @@ def sync_ceiling(mouths: list[np.ndarray], audio_clips: list[str],
 
 
 def _retrieval_hits(visual: list[np.ndarray], audio: list[np.ndarray], audio_clips: list[str],
-                    similarity, candidates: int = SYNC_CANDIDATES) -> list[float]:
+                    similarity: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                    candidates: int = SYNC_CANDIDATES) -> list[float]:
   """Per frame of every clip: 1 when its audio row is nearer (`similarity(cands, a)`, larger is
   nearer) its own visual row than the same frame of each negative clip, else 0; NaN without
   negatives."""
@@ -149,7 +151,8 @@ def sync_retrieval(visual: list[np.ndarray], audio: list[np.ndarray], audio_clip
           "sync_lag0": float(np.mean(lags[np.argmax(curves, axis=1)] == 0))}
 
 
-def reader_top1(mouths: list[np.ndarray], audio_clips: list[str], r2_visual, r2_audio,
+def reader_top1(mouths: list[np.ndarray], audio_clips: list[str],
+                r2_visual: float | Sequence[float], r2_audio: float | Sequence[float],
                 candidates: int = SYNC_CANDIDATES, seed: int = 0) -> float:
   """The retrieval top-1 of mouth readers of a given precision, the ceiling of features that
   read the mouth that well: each side reads the true mouth (per key) plus independent Gaussian
@@ -285,7 +288,8 @@ def probe_codes(model, variables, eval_set, batch_size: int = 32) -> dict[str, d
   r2 = lambda row: np.clip([report[row][k] for k in render.MOUTH_KEYS], 0.0, 1.0)
   report["sync"] = {
       "measured": sync_retrieval(codes["visual_mouth"], codes["audio_mouth"], clips)["sync_top1"],
-      "reader_at_these_r2": reader_top1(mouths, clips, r2("mouth_feature_r2"), r2("audio_mouth_r2")),
+      "reader_at_these_r2": reader_top1(mouths, clips, r2("mouth_feature_r2"),
+                                        r2("audio_mouth_r2")),
       "reader_at_r2_0.99": reader_top1(mouths, clips, 0.99, 0.99),
       "perfect_reader": sync_ceiling(mouths, clips)}
   report.update(pose_following(model, variables, eval_set, batch_size))
