@@ -96,8 +96,6 @@ def main() -> None:
                        name="generator")(style, identity["id_map"], train=train)
 
   model = OracleDecoder()
-  # --no-codes zeroes every code: G then has the identity alone (the ablation that tells how much
-  # of the SSIM the exact pose and mouth give).
   code_scale = np.zeros(len(CODE_SCALE), np.float32) if args.no_codes else 1.0 / np.asarray(
       CODE_SCALE, np.float32)
   image = jnp.zeros((1, res, res, 3))
@@ -125,14 +123,17 @@ def main() -> None:
   baselines = {name: scoring.read_baselines(path) or scoring.baseline_scores(sets[name])
                for name, path in zip(sets, args.eval_set)}
   generated = {name: {} for name in sets}
+  # Each triple's inputs, built once: reference frame 0 repeated, and its codes.
+  inputs = {name: {t.triple_id: (
+      np.repeat(t.reference_frames[:1], t.num_frames, 0).astype(np.float32) / 127.5 - 1,
+      np.stack([t.truth[k] for k in TRUTH_KEYS], -1) * code_scale) for t in s.triples}
+      for name, s in sets.items()}
 
   def evaluate(params, stats) -> dict:
     out = {}
     for name, eval_set in sets.items():
-      for t in eval_set.triples:
-        codes = np.stack([t.truth[k] for k in TRUTH_KEYS], -1) * code_scale
-        reference = np.repeat(t.reference_frames[:1], len(codes), 0).astype(np.float32) / 127.5 - 1
-        generated[name][t.triple_id] = np.asarray(draw(params, stats, reference, codes))
+      for triple_id, (reference, codes) in inputs[name].items():
+        generated[name][triple_id] = np.asarray(draw(params, stats, reference, codes))
       summary = scoring.score(generated[name], eval_set, value_range=(-1.0, 1.0))
       summary.update(scoring.target_ratios(summary, baselines[name]))
       out[name] = {k: round(float(v), 4) for k, v in summary.items() if k in REPORTED}

@@ -173,6 +173,17 @@ def reader_top1(mouths: list[np.ndarray], audio_clips: list[str],
   return float(np.mean(hits))
 
 
+def _truth(eval_set, keys: tuple[str, ...]) -> list[np.ndarray]:
+  """Per triple, its (T, len(keys)) truth of the target frames."""
+  return [np.stack([t.truth[k] for k in keys], 1) for t in eval_set.triples]
+
+
+def _heldout_rows(eval_set) -> np.ndarray:
+  """The rows (frames of all triples) a held-out read-out fits (`_fit_rows` of the triples)."""
+  return _fit_rows(np.concatenate([np.full(t.num_frames, i)
+                                   for i, t in enumerate(eval_set.triples)]))
+
+
 def _fit_rows(groups: np.ndarray) -> np.ndarray:
   """The rows a held-out read-out fits: the first two thirds of the groups (triples), or of the
   rows when there are fewer than 3 groups."""
@@ -188,12 +199,9 @@ def mechanism_measures(codes: dict[str, list[np.ndarray]], eval_set) -> dict[str
   from pcavs_jax.data.synthtalk import render
   clips = [t.audio_clip for t in eval_set.triples]
   out = sync_retrieval(codes["visual_mouth"], codes["audio_mouth"], clips)
-  out["sync_top1_ceiling"] = sync_ceiling(
-      [np.stack([t.truth[k] for k in render.MOUTH_KEYS], 1) for t in eval_set.triples], clips)
-  groups = np.concatenate([np.full(t.num_frames, i) for i, t in enumerate(eval_set.triples)])
-  truth = np.concatenate([np.stack([t.truth[k] for k in POSE_ANGLES], 1)
-                          for t in eval_set.triples])
-  r2 = heldout_r2(np.concatenate(codes["pose_code"]), truth, _fit_rows(groups))
+  out["sync_top1_ceiling"] = sync_ceiling(_truth(eval_set, render.MOUTH_KEYS), clips)
+  r2 = heldout_r2(np.concatenate(codes["pose_code"]), np.concatenate(_truth(eval_set, POSE_ANGLES)),
+                  _heldout_rows(eval_set))
   out["pose_code_r2"] = float(np.mean(r2))
   out.update({f"pose_code_r2_{k}": float(v) for k, v in zip(POSE_ANGLES, r2)})
   scored = codes["class_scores"]
@@ -275,16 +283,14 @@ def probe_codes(model, variables, eval_set, batch_size: int = 32) -> dict[str, d
   from pcavs_jax.data.synthtalk import render
   keys = POSE_KEYS + render.MOUTH_KEYS
   codes = encode_set(model, variables, eval_set, batch_size)
-  groups = np.concatenate([np.full(t.num_frames, i) for i, t in enumerate(eval_set.triples)])
-  truths = np.concatenate([np.stack([t.truth[k] for k in keys], 1) for t in eval_set.triples])
+  truths, fit = np.concatenate(_truth(eval_set, keys)), _heldout_rows(eval_set)
   report = {}
   for name, feats in (("pose_code_r2", codes["pose_code"]),
                       ("mouth_feature_r2", codes["visual_mouth"]),
                       ("audio_mouth_r2", codes["audio_mouth"])):
-    report[name] = dict(zip(keys, heldout_r2(np.concatenate(feats), truths,
-                                             _fit_rows(groups)).tolist()))
+    report[name] = dict(zip(keys, heldout_r2(np.concatenate(feats), truths, fit).tolist()))
   clips = [t.audio_clip for t in eval_set.triples]
-  mouths = [np.stack([t.truth[k] for k in render.MOUTH_KEYS], 1) for t in eval_set.triples]
+  mouths = _truth(eval_set, render.MOUTH_KEYS)
   r2 = lambda row: np.clip([report[row][k] for k in render.MOUTH_KEYS], 0.0, 1.0)
   report["sync"] = {
       "measured": sync_retrieval(codes["visual_mouth"], codes["audio_mouth"], clips)["sync_top1"],
