@@ -19,7 +19,8 @@ class ConfigError(ValueError):
 
 
 def loss_config() -> ml_collections.ConfigDict:
-  """Loss weights (official defaults; `l1_image`, `mouth_l1` and `sync_cosine_scale` are not in the paper)."""
+  """Loss weights (official defaults; `sync_cosine_scale` and every weight after `identity` are
+  not in the paper and off here)."""
   w = ml_collections.ConfigDict()
   w.gan = 1.0                 # lambda_D: hinge GAN, averaged over D scales
   w.feature_matching = 10.0   # lambda_feat; 0 switches feature matching off
@@ -32,6 +33,11 @@ def loss_config() -> ml_collections.ConfigDict:
   w.l1_image = 0.0            # pixel L1 on the whole frame
   w.mouth_l1 = 0.0            # pixel L1 inside `mouth_box` of the aligned frame
   w.mouth_box = (0.38, 0.66, 0.26, 0.74)   # (top, bottom, left, right) fractions of the frame
+  # Ground-truth supervision where the records carry it (SynthTalk), each truth divided by half
+  # its range: the pose code's first 3 numbers regress yaw, pitch, roll; the visual and audio
+  # mouth features' first 2 regress mouth_open, mouth_width.
+  w.pose_truth = 0.0
+  w.mouth_truth = 0.0
   return w
 
 
@@ -143,6 +149,18 @@ def _check_identity_classes(config: ml_collections.ConfigDict) -> None:
                       f"{max(labels.values())} ({len(labels)} training identities)")
 
 
+def _check_truth(config: ml_collections.ConfigDict) -> None:
+  """An auxiliary truth loss needs records that carry its ground truth (SynthTalk's do)."""
+  from pcavs_jax.data import records
+  from pcavs_jax.train.steps import TRUTH_KEYS
+  have = records.read_manifest(config.data_dir)["splits"].get("train", {}).get("truth", {})
+  for name, keys in TRUTH_KEYS.items():
+    missing = [k for k in keys if k not in have]
+    if config.loss.get(name, 0.0) > 0 and missing:
+      raise ConfigError(f"config.loss.{name}={config.loss[name]} needs per-frame ground truth "
+                        f"{', '.join(missing)}, which config.data_dir={config.data_dir} lacks")
+
+
 def _check_stages(config: ml_collections.ConfigDict) -> None:
   from pcavs_jax.train import stages
   if config.train.stage not in stages.STAGES:
@@ -168,8 +186,8 @@ def validate_config(config: ml_collections.ConfigDict, *, process_count: int | N
   """Raises ConfigError (one line naming the setting) for a config training cannot run.
 
   Checks: fields that `base_config()` does not have, `data_dir` (set, a folder, with train
-  records whose identity labels fit `model.num_classes`), stage names, and the global batch
-  over all devices.
+  records whose identity labels fit `model.num_classes` and that carry the ground truth an
+  auxiliary truth loss reads), stage names, and the global batch over all devices.
   """
   problems = unknown_fields(config, base_config())
   if problems:
@@ -182,3 +200,4 @@ def validate_config(config: ml_collections.ConfigDict, *, process_count: int | N
   if check_data:
     _check_data_dir(config.data_dir)
     _check_identity_classes(config)
+    _check_truth(config)

@@ -88,6 +88,18 @@ def box_l1_loss(x: Array, y: Array, box: Sequence[float]) -> Array:
   return l1_loss(x[:, rows, cols], y[:, rows, cols])
 
 
+def truth_regression_loss(code: Array, target: Array) -> Array:
+  """Mean squared error between the first `target.shape[-1]` numbers of each code and `target`.
+
+  Ties named numbers of a learned code to known ground truth, as SynthTalk gives it (not in the
+  paper): the rest of the code stays free.
+  """
+  k = target.shape[-1]
+  if code.shape[-1] < k:
+    raise ValueError(f"a code of {code.shape[-1]} numbers cannot hold {k} supervised ones")
+  return jnp.mean(jnp.square(code[..., :k] - target))
+
+
 def feature_matching_loss(fake: DOutput, real: DOutput, lambda_feat: float = 10.0,
                           lambda_image: float = 1.0) -> Array:
   """pix2pixHD feature matching between the discriminator's outputs on fakes and reals.

@@ -30,9 +30,22 @@ def flatten_clip(batch: Batch) -> Batch:
   b, clip_len = batch["target"].shape[:2]
   flat = lambda x: x.reshape((b * clip_len,) + x.shape[2:])
   reference = jnp.repeat(batch["reference"], clip_len, axis=0)
-  return {"target": flat(batch["target"]), "pose_source": flat(batch["pose_source"]),
-          "mel": flat(batch["mel"]), "reference": reference,
-          "label": jnp.repeat(batch["label"], clip_len, axis=0)}
+  out = {"target": flat(batch["target"]), "pose_source": flat(batch["pose_source"]),
+         "mel": flat(batch["mel"]), "reference": reference,
+         "label": jnp.repeat(batch["label"], clip_len, axis=0)}
+  if "truth" in batch:
+    out["truth"] = {k: flat(v) for k, v in batch["truth"].items()}
+  return out
+
+
+# The ground truth each auxiliary truth loss regresses (`loss_config`), in code order.
+TRUTH_KEYS = {"pose_truth": ("yaw", "pitch", "roll"), "mouth_truth": ("mouth_open", "mouth_width")}
+
+
+def _truth_target(batch: Batch, keys: tuple[str, ...]) -> jax.Array:
+  """(B, len(keys)) ground truth, each divided by half its full range (about unit scale)."""
+  from pcavs_jax.data.synthtalk.analyzer import RANGES
+  return jnp.stack([batch["truth"][k] / (RANGES[k] / 2) for k in keys], axis=-1)
 
 
 def _g_rngs(rng: jax.Array, noise_injection: bool = True) -> dict[str, jax.Array]:
@@ -63,7 +76,7 @@ def _g_forward(g_params, batch_stats, batch: Batch, rng, *, model, stage: str,
                          train=True, **kw)
   keep = {"fake_visual": out["fake_visual"], "fake_audio": out["fake_audio"],
           "visual_mouth": out["visual"]["mouth"], "audio_mouth": out["audio"]["mouth"],
-          "class_scores": out["identity"]["class_scores"]}
+          "pose_code": out["visual"]["pose_code"], "class_scores": out["identity"]["class_scores"]}
   return keep, new["batch_stats"]
 
 
@@ -83,6 +96,13 @@ def _g_losses(outputs, d_out, batch: Batch, loss_config, vgg_params) -> tuple[ja
                                 contrastive_weight=w.contrastive, l1_weight=w.crossmodal_l1,
                                 cosine_scale=w.get("sync_cosine_scale", 0.0))
     terms.update(parts)
+  if "pose_code" in outputs and w.get("pose_truth", 0.0) > 0:
+    terms["pose_truth"] = w.pose_truth * losses.truth_regression_loss(
+        outputs["pose_code"], _truth_target(batch, TRUTH_KEYS["pose_truth"]))
+  if "audio_mouth" in outputs and w.get("mouth_truth", 0.0) > 0:
+    target = _truth_target(batch, TRUTH_KEYS["mouth_truth"])
+    terms["mouth_truth"] = w.mouth_truth * sum(
+        losses.truth_regression_loss(outputs[f"{side}_mouth"], target) for side in ("visual", "audio"))
   if d_out is not None:
     fake_v, fake_a, real = _split_scales(d_out, batch["target"].shape[0])
     for name, fake_d in (("visual", fake_v), ("audio", fake_a)):

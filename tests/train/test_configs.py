@@ -1,4 +1,5 @@
 """Config files: the SynthTalk stage arguments and the ablations each change what they name."""
+import numpy as np
 import pytest
 
 from configs import ablations, default, synthtalk
@@ -143,4 +144,20 @@ def test_too_few_identity_classes_are_named(records_dir):
   config.data_dir = str(records_dir)
   config.model.num_classes = 1   # the records hold identity labels 0 and 1
   with pytest.raises(ConfigError, match=r"^config\.model\.num_classes=1 is too small: .* up to 1 "):
+    validate_config(config, process_count=1, local_devices=1)
+
+
+def test_a_truth_loss_without_ground_truth_is_named(tmp_path):
+  from pcavs_jax.data import records
+  from pcavs_jax.data.clips import Clip
+  rng = np.random.default_rng(0)
+  clips = [Clip(f"c{i}", f"id{i}", i, rng.integers(0, 255, (8, 64, 64, 3), np.uint8),
+                np.zeros(8 * 640, np.float32), np.zeros((32, 80), np.float32)) for i in range(2)]
+  records.write_clips(clips, tmp_path, "train")      # real video: no per-frame truth
+  config = default.get_config("variant=tiny")
+  config.data_dir = str(tmp_path)
+  validate_config(config, process_count=1, local_devices=1)
+  config.loss.pose_truth = 1.0
+  with pytest.raises(ConfigError, match=r"^config\.loss\.pose_truth=1\.0 needs per-frame ground "
+                                        r"truth yaw, pitch, roll, which config\.data_dir="):
     validate_config(config, process_count=1, local_devices=1)

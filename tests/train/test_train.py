@@ -332,3 +332,49 @@ def test_a_rerun_reads_every_compiled_program_from_the_persistent_cache(records,
   assert len(first) > 10 and max(first.values()) > 100_000, first   # the step is the largest
   second = run("second")
   assert second == first
+
+
+def test_truth_terms_regress_the_named_code_numbers_only():
+  """pose_truth ties the pose code's first 3 numbers to yaw / pitch / roll over half their
+  ranges, mouth_truth both mouth features' first 2 to the mouth; nothing else gets a gradient."""
+  from pcavs_jax.data.synthtalk.analyzer import RANGES
+  from pcavs_jax.train import steps as train_steps
+  config = get_config("variant=tiny")
+  config.loss.gan = config.loss.feature_matching = 0.0
+  config.loss.contrastive = config.loss.crossmodal_l1 = 0.0
+  config.loss.pose_truth, config.loss.mouth_truth = 3.0, 5.0
+  rng = np.random.default_rng(0)
+  b, clip_len = 2, 3
+  truth = {k: rng.uniform(-20, 20, (b, clip_len)).astype(np.float32)
+           for k in ("yaw", "pitch", "roll", "tx")}
+  truth.update({k: rng.uniform(0, 1, (b, clip_len)).astype(np.float32)
+                for k in ("mouth_open", "mouth_width")})
+  frames = np.zeros((b, clip_len, 8, 8, 3), np.float32)
+  batch = train_steps.flatten_clip({
+      "target": frames, "pose_source": frames, "reference": frames[:, :1],
+      "mel": np.zeros((b, clip_len, 80, 20), np.float32), "label": np.zeros((b,), np.int32),
+      "truth": truth})
+  assert batch["truth"]["yaw"].shape == (b * clip_len,)
+  outputs = {"pose_code": rng.normal(size=(b * clip_len, 12)).astype(np.float32),
+             "visual_mouth": rng.normal(size=(b * clip_len, 16)).astype(np.float32),
+             "audio_mouth": rng.normal(size=(b * clip_len, 16)).astype(np.float32)}
+
+  def total(outs):   # one device's losses: the sync term gathers over the device axis
+    one = jax.vmap(lambda o: train_steps._g_losses(o, None, batch, config.loss, None),
+                   axis_name=train_steps.AXIS)
+    loss, terms = one(jax.tree.map(lambda x: x[None], outs))
+    return loss[0], jax.tree.map(lambda x: x[0], terms)
+
+  (_, terms), grads = jax.value_and_grad(total, has_aux=True)(outputs)
+  flat = lambda k: np.asarray(batch["truth"][k])
+  pose_target = np.stack([flat(k) / (RANGES[k] / 2) for k in ("yaw", "pitch", "roll")], -1)
+  np.testing.assert_allclose(
+      terms["pose_truth"], 3.0 * np.mean((outputs["pose_code"][:, :3] - pose_target) ** 2),
+      rtol=1e-5)
+  mouth_target = np.stack([flat(k) / 0.5 for k in ("mouth_open", "mouth_width")], -1)
+  expected = sum(np.mean((outputs[f"{s}_mouth"][:, :2] - mouth_target) ** 2)
+                 for s in ("visual", "audio"))
+  np.testing.assert_allclose(terms["mouth_truth"], 5.0 * expected, rtol=1e-5)
+  for name, k in (("pose_code", 3), ("visual_mouth", 2), ("audio_mouth", 2)):
+    g = np.abs(np.asarray(grads[name]))
+    assert np.all(g[:, :k].sum(0) > 0) and np.all(g[:, k:] == 0), name
