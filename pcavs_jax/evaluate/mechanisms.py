@@ -8,7 +8,7 @@ from the codes of a set's truth frames (`encode_set`, `mechanism_measures`).
               offset where the per-clip-centred audio and visual mouth features correlate
               best (0 in sync).
   pose code   held-out R^2 of a linear read-out of the true yaw, pitch, roll from E_n's 12-d pose
-              code of the truth frames (fitted on two thirds of the triples, scored on the rest).
+              code of the truth frames (each triple read by a fit on the other triples).
   identity    E_i's top-1 identity classification of every frame of A's held-out clip (seen and
               self sets: identities with a training label).
 
@@ -178,19 +178,9 @@ def _truth(eval_set, keys: tuple[str, ...]) -> list[np.ndarray]:
   return [np.stack([t.truth[k] for k in keys], 1) for t in eval_set.triples]
 
 
-def _heldout_rows(eval_set) -> np.ndarray:
-  """The rows (frames of all triples) a held-out read-out fits (`_fit_rows` of the triples)."""
-  return _fit_rows(np.concatenate([np.full(t.num_frames, i)
-                                   for i, t in enumerate(eval_set.triples)]))
-
-
-def _fit_rows(groups: np.ndarray) -> np.ndarray:
-  """The rows a held-out read-out fits: the first two thirds of the groups (triples), or of the
-  rows when there are fewer than 3 groups."""
-  n = int(groups.max()) + 1
-  if n >= 3:
-    return groups < (2 * n) // 3
-  return np.arange(len(groups)) < (2 * len(groups)) // 3
+def _triple_groups(eval_set) -> np.ndarray:
+  """Each frame's triple index: the groups a held-out read-out leaves out one at a time."""
+  return np.concatenate([np.full(t.num_frames, i) for i, t in enumerate(eval_set.triples)])
 
 
 def mechanism_measures(codes: dict[str, list[np.ndarray]], eval_set) -> dict[str, float]:
@@ -201,7 +191,7 @@ def mechanism_measures(codes: dict[str, list[np.ndarray]], eval_set) -> dict[str
   out = sync_retrieval(codes["visual_mouth"], codes["audio_mouth"], clips)
   out["sync_top1_ceiling"] = sync_ceiling(_truth(eval_set, render.MOUTH_KEYS), clips)
   r2 = heldout_r2(np.concatenate(codes["pose_code"]), np.concatenate(_truth(eval_set, POSE_ANGLES)),
-                  _heldout_rows(eval_set))
+                  _triple_groups(eval_set))
   out["pose_code_r2"] = float(np.mean(r2))
   out.update({f"pose_code_r2_{k}": float(v) for k, v in zip(POSE_ANGLES, r2)})
   scored = codes["class_scores"]
@@ -210,26 +200,37 @@ def mechanism_measures(codes: dict[str, list[np.ndarray]], eval_set) -> dict[str
   return out
 
 
-def heldout_r2(features: np.ndarray, targets: np.ndarray, train: np.ndarray,
+def heldout_r2(features: np.ndarray, targets: np.ndarray, groups: np.ndarray,
                ridge: float = 1e-3) -> np.ndarray:
-  """R^2 on the held-out rows of a ridge-regularised linear fit of targets from features.
+  """Cross-validated R^2 of a ridge-regularised linear read-out of targets from features.
+
+  Each group's rows are predicted by a fit on the other groups' rows (leave one group out; with
+  fewer than 3 groups, three contiguous folds of rows), and R^2 is taken over all rows against
+  the targets' overall mean. Scoring every row, not one held-out third, keeps a set of a few
+  triples from being judged on the narrow pose range of two or three clips.
 
   Args:
-    features: (N, F); targets: (N, K); train: (N,) bool, the rows the fit sees.
+    features: (N, F); targets: (N, K); groups: (N,) int, e.g. each row's triple.
 
   Returns:
-    (K,) R^2 over the rows not in `train`: 1 for an exact linear code, <= 0 when the features
-    tell nothing linear about the target.
+    (K,) R^2: 1 for an exact linear code, <= 0 when the features tell nothing linear about the
+    target.
   """
   x = np.asarray(features, np.float64)
-  mean, std = x[train].mean(0), x[train].std(0) + 1e-8
-  x = np.concatenate([(x - mean) / std, np.ones((len(x), 1))], axis=1)
   y = np.asarray(targets, np.float64)
-  a = x[train]
-  w = np.linalg.solve(a.T @ a + ridge * len(a) * np.eye(a.shape[1]), a.T @ y[train])
-  test = ~train
-  resid = ((x[test] @ w - y[test]) ** 2).sum(0)
-  total = ((y[test] - y[test].mean(0)) ** 2).sum(0)
+  groups = np.asarray(groups)
+  if len(np.unique(groups)) < 3:
+    groups = (3 * np.arange(len(x))) // len(x)
+  predicted = np.empty_like(y)
+  for g in np.unique(groups):
+    fit = groups != g
+    mean, std = x[fit].mean(0), x[fit].std(0) + 1e-8
+    design = lambda rows: np.concatenate([(x[rows] - mean) / std, np.ones((rows.sum(), 1))], 1)
+    a = design(fit)
+    w = np.linalg.solve(a.T @ a + ridge * len(a) * np.eye(a.shape[1]), a.T @ y[fit])
+    predicted[~fit] = design(~fit) @ w
+  resid = ((predicted - y) ** 2).sum(0)
+  total = ((y - y.mean(0)) ** 2).sum(0)
   return 1.0 - resid / np.maximum(total, 1e-12)
 
 
@@ -273,8 +274,8 @@ def probe_codes(model, variables, eval_set, batch_size: int = 32) -> dict[str, d
 
   - `pose_code_r2` / `mouth_feature_r2` / `audio_mouth_r2`: held-out R^2 of a linear read-out of
     each truth quantity (pose keys, mouth keys) from the pose code / the visual mouth feature of
-    the truth frames / the audio mouth feature, fitted on the first two thirds of the triples
-    and scored on the rest (other identities).
+    the truth frames / the audio mouth feature, each triple read by a fit on the others
+    (`heldout_r2`).
   - `sync`: the retrieval top-1 measured (`sync_retrieval`), that of mouth readers as precise as
     the two features' read-outs (`reader_top1` at their mouth R^2s), of readers at R^2 0.99, and
     of a perfect one (`sync_ceiling`).
@@ -283,12 +284,12 @@ def probe_codes(model, variables, eval_set, batch_size: int = 32) -> dict[str, d
   from pcavs_jax.data.synthtalk import render
   keys = POSE_KEYS + render.MOUTH_KEYS
   codes = encode_set(model, variables, eval_set, batch_size)
-  truths, fit = np.concatenate(_truth(eval_set, keys)), _heldout_rows(eval_set)
+  truths, groups = np.concatenate(_truth(eval_set, keys)), _triple_groups(eval_set)
   report = {}
   for name, feats in (("pose_code_r2", codes["pose_code"]),
                       ("mouth_feature_r2", codes["visual_mouth"]),
                       ("audio_mouth_r2", codes["audio_mouth"])):
-    report[name] = dict(zip(keys, heldout_r2(np.concatenate(feats), truths, fit).tolist()))
+    report[name] = dict(zip(keys, heldout_r2(np.concatenate(feats), truths, groups).tolist()))
   clips = [t.audio_clip for t in eval_set.triples]
   mouths = _truth(eval_set, render.MOUTH_KEYS)
   r2 = lambda row: np.clip([report[row][k] for k in render.MOUTH_KEYS], 0.0, 1.0)

@@ -71,12 +71,18 @@ def test_mechanisms_of_exact_codes():
 def test_heldout_r2_reads_linear_codes_and_not_noise():
   rng = np.random.default_rng(0)
   truth = rng.normal(size=(300, 2))
-  train = np.arange(300) < 200
+  groups = np.arange(300) // 50     # six groups of rows
   mixed = truth @ rng.normal(size=(2, 6)) + 0.01 * rng.normal(size=(300, 6))
-  np.testing.assert_allclose(mechanisms.heldout_r2(mixed, truth, train), 1.0, atol=1e-2)
+  np.testing.assert_allclose(mechanisms.heldout_r2(mixed, truth, groups), 1.0, atol=1e-2)
   noise = rng.normal(size=(300, 6))
-  assert np.all(mechanisms.heldout_r2(noise, truth, train) < 0.1)
+  assert np.all(mechanisms.heldout_r2(noise, truth, groups) < 0.1)
   # One target carried, one not.
   half = np.concatenate([truth[:, :1], noise], axis=1)
-  r2 = mechanisms.heldout_r2(half, truth, train)
+  r2 = mechanisms.heldout_r2(half, truth, groups)
   assert r2[0] > 0.95 and r2[1] < 0.1
+  # A code that only names its group (an identity, not the pose) reads nothing of a held-out
+  # group, even where the groups' means differ: each group is read by a fit on the others.
+  offsets = truth + 3.0 * rng.normal(size=(6, 2))[groups]
+  assert np.all(mechanisms.heldout_r2(np.eye(6)[groups], offsets, groups) < 0.05)
+  # Fewer than 3 groups: three folds of rows.
+  np.testing.assert_allclose(mechanisms.heldout_r2(mixed, truth, np.zeros(300, int)), 1.0, atol=1e-2)
