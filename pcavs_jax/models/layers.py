@@ -80,9 +80,12 @@ def bilinear_resize(x: Array, size: tuple[int, int]) -> Array:
                           bilinear_matrix(x.shape[2], size[1]))
 
 
+BN_MOMENTUM = 0.9   # flax's running-average momentum: PyTorch's default momentum of 0.1
+
+
 def batch_norm(train: bool, dtype: Dtype, axis_name: str | None, name: str) -> nn.BatchNorm:
-  """PyTorch's BatchNorm2d defaults (momentum 0.9 here is PyTorch's 0.1), float32 parameters."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+  """PyTorch's BatchNorm2d defaults (`BN_MOMENTUM`, epsilon 1e-5), float32 parameters."""
+  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=1e-5,
                       axis_name=axis_name, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
