@@ -24,14 +24,11 @@ def main() -> None:
   a = p.parse_args()
   import pathlib
   from pcavs_jax.checkpoint import load_checkpoint
-  from pcavs_jax.data.synthtalk import eval_sets
   from pcavs_jax.evaluate import report as ev_report
   from pcavs_jax.evaluate.probe import TrainingProbe
   from pcavs_jax.train.precise_bn import precise_batch_stats, training_frames
   model, variables = load_checkpoint(a.checkpoint, step=a.step)
-  folder = str(pathlib.Path(a.data_dir) / "cross_driven")
-  triples = max(len(eval_sets.load_eval_set(p).triples) for p in eval_sets.set_paths(folder).values())
-  probe = TrainingProbe(model, folder, triples)
+  probe = TrainingProbe(model, str(pathlib.Path(a.data_dir) / "cross_driven"), num_triples=None)
   precise = precise_batch_stats(model, variables, training_frames(
       a.data_dir, a.batches, a.batch_size, model.resolution))
   rows = []

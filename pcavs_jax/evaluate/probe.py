@@ -13,11 +13,11 @@ class TrainingProbe:
   """The mechanism measures and a small generation check, for the training loop.
 
   Loads the sets of a `cross_driven` folder once; each call scores the given variables:
-  mechanisms on every triple, generation on the first `num_triples` triples of each set
-  (the baselines averaged over the same triples). Returns flat scalars, '<set>/<measure>'.
+  mechanisms on every triple, generation on the first `num_triples` triples of each set (None:
+  all of them; the baselines averaged over the same triples). Returns flat scalars, '<set>/<measure>'.
   """
 
-  def __init__(self, model, folder: str, num_triples: int = 8, batch_size: int = 32):
+  def __init__(self, model, folder: str, num_triples: int | None = 8, batch_size: int = 32):
     from pcavs_jax.data.synthtalk import eval_sets
     self.model = model
     self.batch_size = batch_size
@@ -26,7 +26,8 @@ class TrainingProbe:
       eval_set = eval_sets.load_eval_set(path)
       if eval_set.resolution != model.resolution:
         continue
-      ids = [t.triple_id for t in eval_set.triples[:num_triples]] if num_triples else []
+      ids = ([t.triple_id for t in eval_set.triples[:num_triples]]
+             if num_triples is None or num_triples > 0 else [])
       baselines = scoring.baseline_rows(path, eval_set, ids) if ids else {}
       self.sets[name] = (eval_set, ids, baselines)
 

@@ -38,16 +38,16 @@ def precise_batch_stats(model, variables: Mapping, batches: Iterable[np.ndarray]
   zero = jax.tree.map(jnp.zeros_like, variables["batch_stats"])
 
   @jax.jit
-  def own_stats(x):
+  def own_stats(params, x):
     # From zero running statistics, one training-mode update leaves (1 - momentum) x the
     # batch's own mean and variance.
-    _, new = model.apply({"params": variables["params"], "batch_stats": zero}, x, train=True,
+    _, new = model.apply({"params": params, "batch_stats": zero}, x, train=True,
                          method=getattr(model, method), mutable=["batch_stats"])
     return jax.tree.map(lambda s: s / (1.0 - BN_MOMENTUM), new["batch_stats"][network])
 
   total, count = None, 0
   for batch in batches:
-    stats = own_stats(jnp.asarray(batch))
+    stats = own_stats(variables["params"], jnp.asarray(batch))
     total = stats if total is None else jax.tree.map(jnp.add, total, stats)
     count += 1
   if not count:
@@ -59,9 +59,12 @@ def precise_batch_stats(model, variables: Mapping, batches: Iterable[np.ndarray]
 
 def training_frames(data_dir: str, batches: int, batch_size: int, resolution: int,
                     seed: int = 0) -> Iterable[np.ndarray]:
-  """`batches` batches of `batch_size` random training frames of different clips, in [-1, 1]."""
+  """`batches` batches of `batch_size` random training frames of different clips, in [-1, 1],
+  drawn from the first `batches * batch_size` training clips (memory bounded by the draw, not the
+  data set)."""
   from pcavs_jax.data import input_pipeline
-  clips = input_pipeline.create_eval_clips(data_dir, "train", resolution=resolution)
+  clips = input_pipeline.create_eval_clips(data_dir, "train", max_clips=batches * batch_size,
+                                           resolution=resolution)
   if len(clips) < batch_size:
     raise ValueError(f"{data_dir}: {len(clips)} training clips, fewer than a batch of {batch_size}")
   rng = np.random.default_rng(seed)
