@@ -65,7 +65,8 @@ def _encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
   return buf.tobytes()
 
 
-def _decode_jpeg(data: bytes) -> np.ndarray:
+def decode_jpeg(data: bytes) -> np.ndarray:
+  """One stored frame as (H, W, 3) uint8 RGB."""
   img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
   if img is None:
     raise ValueError("corrupt JPEG frame")
@@ -144,7 +145,7 @@ def example_fields(serialized: bytes) -> dict[str, Any]:
 def decode_clip(serialized: bytes) -> Clip:
   """Parses one serialised example back into a `Clip` of numpy arrays."""
   f = example_fields(serialized)
-  frames = (np.stack([_decode_jpeg(j) for j in f["frames"]]) if f["frames"]
+  frames = (np.stack([decode_jpeg(j) for j in f["frames"]]) if f["frames"]
             else np.zeros(f["frames_shape"], np.uint8))
   return Clip(clip_id=f["clip_id"], identity=f["identity"], label=f["label"], frames=frames,
               audio=f["audio"], mel=f["mel"], truth=f["truth"],

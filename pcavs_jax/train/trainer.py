@@ -26,6 +26,7 @@ from pcavs_jax.train import checkpointing, runtime
 from pcavs_jax.train import steps as train_steps
 from pcavs_jax.train.config import validate_config
 from pcavs_jax.train.optimizers import learning_rate_schedules
+from pcavs_jax.train.precise_bn import PreciseBatchStats, training_frames
 from pcavs_jax.train.stages import stage_at, stage_first_step, stage_schedule
 from pcavs_jax.train.state import GANTrainState, create_train_state
 from pcavs_jax.train.summaries import IntervalMetrics, RunLog
@@ -110,6 +111,10 @@ class Trainer:
     self.lr_schedules = learning_rate_schedules(config)
     minutes = config.get("max_train_minutes")
     self.deadline = time.time() + 60 * minutes if minutes else None
+    self.precise_bn = (PreciseBatchStats(self.eval_model)
+                       if config.train.get("precise_bn_batches") else None)
+    self._precise_frames: np.ndarray | None = None
+    self._precise_step: int | None = None
 
   def _first_state(self, precompile: bool) -> GANTrainState:
     """The state to start from (restored when the workdir holds a checkpoint), the stage it is
@@ -234,9 +239,27 @@ class Trainer:
     self._t_log, self._last_log_step = time.time(), self.step
 
   def _run_probe(self) -> None:
+    self._estimate_batch_stats()
     t_probe = time.time()
     self.log.probe_measures(self.step, self.probe(_probe_variables(self.rstate)))
     self._t_log += time.time() - t_probe
+
+  def _estimate_batch_stats(self) -> None:
+    """E_i's BatchNorm statistics re-estimated for this step's probe and checkpoint, with the
+    parameters they evaluate (the moving average when kept), when config.train.precise_bn_batches
+    asks; left out of the logged step rate. Training mode never reads them."""
+    if self.precise_bn is None or self._precise_step == self.step:
+      return
+    t0, c = time.time(), self.config
+    if self._precise_frames is None:   # drawn once: every estimate averages the same frames
+      self._precise_frames = training_frames(c.data_dir, c.train.precise_bn_batches,
+                                             c.train.precise_bn_batch_size, c.model.resolution,
+                                             seed=c.seed)
+    stats = self.precise_bn(_probe_variables(self.rstate), self._precise_frames)["batch_stats"]
+    self.rstate = self.rstate.replace(
+        batch_stats={**self.rstate.batch_stats, "g": runtime.replicate(stats)})
+    self._precise_step = self.step
+    self._t_log += time.time() - t0
 
   def _switch_stage(self, stage: str) -> None:
     """The stage's optimisers and step function from the next step on."""
@@ -252,6 +275,7 @@ class Trainer:
   def _save(self) -> None:
     """Saves the state, once the losses of every step since the last log are finite."""
     self._checked_averages(reset=False)
+    self._estimate_batch_stats()
     checkpointing.save_checkpoint(self.manager, jax_utils.unreplicate(self.rstate), self.config)
 
 

@@ -160,6 +160,27 @@ def test_the_training_probe_runs_every_eval_every_steps(records, tmp_path):
     train.train_and_evaluate(config, str(tmp_path), probe=lambda v: {}, probe_factory=factory)
 
 
+def test_precise_statistics_reach_the_checkpoint_and_leave_training_alone(runs, records,
+                                                                           tmp_path):
+  """With train.precise_bn_batches, each checkpoint holds E_i's statistics re-estimated for its
+  moving average over the drawn training frames; the other networks' statistics and the losses
+  are those of the same run without it (training mode never reads running statistics)."""
+  from pcavs_jax.checkpoint import load_checkpoint
+  from pcavs_jax.train.precise_bn import PreciseBatchStats, training_frames
+  config = tiny_config(records, 4, **{"train.precise_bn_batches": 3})
+  train.train_and_evaluate(config, str(tmp_path))
+  np.testing.assert_array_equal(losses(history(tmp_path), [1, 2, 3, 4]),
+                                losses(history(runs["whole"]), [1, 2, 3, 4]))
+  model, precise = load_checkpoint(tmp_path, step=4)
+  _, plain = load_checkpoint(runs["whole"], step=4)
+  frames = training_frames(records, 3, config.train.precise_bn_batch_size, 64, seed=config.seed)
+  expected = PreciseBatchStats(model)(plain, frames)["batch_stats"]
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
+               precise["batch_stats"], expected)
+  assert not np.allclose(precise["batch_stats"]["identity_encoder"]["bn1"]["var"],
+                         plain["batch_stats"]["identity_encoder"]["bn1"]["var"])
+
+
 def test_a_data_dir_without_records_is_named(tmp_path):
   with pytest.raises(ValueError, match=r"data_dir .* no records of split 'train'"):
     next(train.train_batches(tiny_config(str(tmp_path), 1), 0))
