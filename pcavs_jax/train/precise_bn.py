@@ -70,8 +70,8 @@ class PreciseBatchStats:
 
 
 def training_frames(data_dir: str, batches: int, batch_size: int, resolution: int,
-                    seed: int = 0) -> np.ndarray:
-  """(batches, batch_size, R, R, 3) uint8 random training frames.
+                    seed: int = 0, split: str = "train") -> np.ndarray:
+  """(batches, batch_size, R, R, 3) uint8 random frames of the training split.
 
   Each frame is of another clip, drawn at random, while the split's clips last (more frames per
   clip beyond that); only the drawn clips' drawn frames are decoded.
@@ -79,16 +79,16 @@ def training_frames(data_dir: str, batches: int, batch_size: int, resolution: in
   import cv2
   from pcavs_jax.data import records
   count = batches * batch_size
-  num_clips = records.read_manifest(data_dir)["splits"].get("train", {}).get("clips")
+  num_clips = records.read_manifest(data_dir)["splits"].get(split, {}).get("clips")
   if not num_clips:
-    num_clips = sum(1 for _ in records.read_records(data_dir, "train"))
+    num_clips = sum(1 for _ in records.read_records(data_dir, split))
   if not num_clips:
-    raise ValueError(f"data_dir {data_dir!r} holds no training clips to estimate statistics from")
+    raise ValueError(f"data_dir {data_dir!r} holds no {split!r} clips to estimate statistics from")
   rng = np.random.default_rng(seed)
   draws = np.concatenate([rng.permutation(num_clips) for _ in range(math.ceil(count / num_clips))])
   per_clip = np.bincount(draws[:count], minlength=num_clips)
   frames = []
-  for i, raw in enumerate(records.read_records(data_dir, "train")):
+  for i, raw in enumerate(records.read_records(data_dir, split)):
     if i >= num_clips or not per_clip[i]:
       continue
     jpegs = records.example_fields(raw)["frames"]

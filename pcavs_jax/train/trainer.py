@@ -254,7 +254,7 @@ class Trainer:
     if self._precise_frames is None:   # drawn once: every estimate averages the same frames
       self._precise_frames = training_frames(c.data_dir, c.train.precise_bn_batches,
                                              c.train.precise_bn_batch_size, c.model.resolution,
-                                             seed=c.seed)
+                                             seed=c.seed, split=c.data.split)
     stats = self.precise_bn(_probe_variables(self.rstate), self._precise_frames)["batch_stats"]
     self.rstate = self.rstate.replace(
         batch_stats={**self.rstate.batch_stats, "g": runtime.replicate(stats)})
