@@ -39,6 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.augment_pose_source = False
   config.train.noise_injection = False
   config.train.ema_decay = 0.0
+  # E_i's statistics are not re-estimated here: with them re-estimated at every probe (every 250
+  # steps) the run reached step 4845 and SSIM 0.779 in its 13 minutes, against 5451 and 0.794.
+  config.train.precise_bn_batches = 0
   config.loss.l1_image = args.l1
   config.loss.mouth_l1 = args.mouth_l1
   config.loss.gan = args.gan
