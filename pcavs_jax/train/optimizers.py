@@ -73,12 +73,12 @@ def train_config() -> ml_collections.ConfigDict:
   t.final_lr_fraction = 0.0
   t.noise_injection = True      # G's per-pixel noise (off: deterministic generator in training)
   t.ema_decay = 0.0             # > 0: keep an exponential moving average of the G-side params
+                                # (not in the paper); evaluation and export read it
   # > 0: before every probe and checkpoint, E_i's BatchNorm statistics are re-estimated as the
   # mean of this many batches of random training frames (pcavs_jax.train.precise_bn), each of
   # precise_bn_batch_size frames (larger than training's batch: nearer the population's).
   t.precise_bn_batches = 0
   t.precise_bn_batch_size = 64
-                                # (not in the paper); evaluation and export read it
   t.full_params = "all"         # what the 'full' stage trains on the G side: 'all', or 'official'
                                 # (the official optimiser's set: E_n's to_headpose, mouth_embed
                                 # and headpose_embed stay at their initial values)
