@@ -179,6 +179,11 @@ def _check_batch(config: ml_collections.ConfigDict, process_count: int, local_de
   if batch <= 0 or batch % devices:
     raise ConfigError(f"config.data.batch_size={batch} does not divide over the {devices} "
                       f"devices ({process_count} process(es) x {local_devices} local)")
+  t = config.train
+  if t.precise_bn_batches < 0 or (t.precise_bn_batches and t.precise_bn_batch_size < 1):
+    raise ConfigError(f"config.train.precise_bn_batches={t.precise_bn_batches} and "
+                      f"precise_bn_batch_size={t.precise_bn_batch_size}: need 0 (off), or "
+                      f"batches > 0 of at least 1 frame")
 
 
 def validate_config(config: ml_collections.ConfigDict, *, process_count: int | None = None,
@@ -187,7 +192,8 @@ def validate_config(config: ml_collections.ConfigDict, *, process_count: int | N
 
   Checks: fields that `base_config()` does not have, `data_dir` (set, a folder, with train
   records whose identity labels fit `model.num_classes` and that carry the ground truth an
-  auxiliary truth loss reads), stage names, and the global batch over all devices.
+  auxiliary truth loss reads), stage names, the global batch over all devices and the precise
+  BatchNorm batches.
   """
   problems = unknown_fields(config, base_config())
   if problems:

@@ -133,6 +133,16 @@ def test_a_batch_that_does_not_divide_over_the_devices_is_named(tmp_path, record
   assert "config.data.batch_size=6 does not divide over the 4 devices" in line
 
 
+@pytest.mark.parametrize("batches,size", [(-1, 64), (2, 0)])
+def test_bad_precise_statistics_batches_are_named(records_dir, batches, size):
+  config = default.get_config("variant=tiny")
+  config.data_dir = str(records_dir)
+  config.train.precise_bn_batches, config.train.precise_bn_batch_size = batches, size
+  with pytest.raises(ConfigError, match=rf"^config\.train\.precise_bn_batches={batches} and "
+                                        rf"precise_bn_batch_size={size}: need 0"):
+    validate_config(config, process_count=1, local_devices=1)
+
+
 def test_a_valid_config_passes(records_dir):
   config = default.get_config("variant=tiny")
   config.data_dir = str(records_dir)
