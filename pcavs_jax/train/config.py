@@ -179,6 +179,9 @@ def _check_batch(config: ml_collections.ConfigDict, process_count: int, local_de
   if batch <= 0 or batch % devices:
     raise ConfigError(f"config.data.batch_size={batch} does not divide over the {devices} "
                       f"devices ({process_count} process(es) x {local_devices} local)")
+
+
+def _check_precise_bn(config: ml_collections.ConfigDict) -> None:
   t = config.train
   if t.precise_bn_batches < 0 or (t.precise_bn_batches and t.precise_bn_batch_size < 1):
     raise ConfigError(f"config.train.precise_bn_batches={t.precise_bn_batches} and "
@@ -203,6 +206,7 @@ def validate_config(config: ml_collections.ConfigDict, *, process_count: int | N
     import jax
     process_count, local_devices = jax.process_count(), jax.local_device_count()
   _check_batch(config, process_count, local_devices)
+  _check_precise_bn(config)
   if check_data:
     _check_data_dir(config.data_dir)
     _check_identity_classes(config)
