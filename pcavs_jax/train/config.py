@@ -181,6 +181,14 @@ def _check_batch(config: ml_collections.ConfigDict, process_count: int, local_de
                       f"devices ({process_count} process(es) x {local_devices} local)")
 
 
+def _check_lr_steps(config: ml_collections.ConfigDict) -> None:
+  from pcavs_jax.train import optimizers
+  try:
+    optimizers.lr_step_scales(config.train.lr_steps)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+
+
 def _check_precise_bn(config: ml_collections.ConfigDict) -> None:
   t = config.train
   if t.precise_bn_batches < 0 or (t.precise_bn_batches and t.precise_bn_batch_size < 1):
@@ -195,13 +203,14 @@ def validate_config(config: ml_collections.ConfigDict, *, process_count: int | N
 
   Checks: fields that `base_config()` does not have, `data_dir` (set, a folder, with train
   records whose identity labels fit `model.num_classes` and that carry the ground truth an
-  auxiliary truth loss reads), stage names, the global batch over all devices and the precise
-  BatchNorm batches.
+  auxiliary truth loss reads), stage names, the learning-rate steps, the global batch over all
+  devices and the precise BatchNorm batches.
   """
   problems = unknown_fields(config, base_config())
   if problems:
     raise ConfigError(problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
   _check_stages(config)
+  _check_lr_steps(config)
   if process_count is None or local_devices is None:
     import jax
     process_count, local_devices = jax.process_count(), jax.local_device_count()

@@ -5,6 +5,7 @@ Defaults (`train_config()`, placed by the configs as `config.train`):
   see `scale_by_torch_amsgrad`; discriminator lr x 2);
   the rate stays constant until `decay_start_step`, then falls linearly to
   `lr x final_lr_fraction` at `decay_end_step` (no decay when decay_end_step <= decay_start_step);
+  `lr_steps` ('STEP:SCALE,...', not in the paper) multiplies it by SCALE from STEP on;
   stage 'full'.
 
 Stages and what they train (`STAGE_TRAINABLE`):
@@ -71,6 +72,8 @@ def train_config() -> ml_collections.ConfigDict:
   t.decay_start_step = 100_000  # constant lr before this step
   t.decay_end_step = 200_000    # lr x final_lr_fraction from here on
   t.final_lr_fraction = 0.0
+  t.lr_steps = ""               # 'STEP:SCALE,...': both rates x SCALE from STEP on (scales
+                                # multiply, as optax.piecewise_constant_schedule); '' = none
   t.noise_injection = True      # G's per-pixel noise (off: deterministic generator in training)
   t.ema_decay = 0.0             # > 0: keep an exponential moving average of the G-side params
                                 # (not in the paper); evaluation and export read it
@@ -100,12 +103,36 @@ def learning_rate_schedules(config: ml_collections.ConfigDict) -> dict[str, opta
   g_lr, d_lr = (t.lr / 2, t.lr * 2) if t.ttur else (t.lr, t.lr)
   start, end = int(t.decay_start_step), int(t.decay_end_step)
 
+  steps = lr_step_scales(t.get("lr_steps", ""))
+
   def schedule(lr: float) -> optax.Schedule:
     if end <= start:
-      return optax.constant_schedule(lr)
-    return optax.linear_schedule(lr, lr * t.final_lr_fraction, end - start, transition_begin=start)
+      base = optax.constant_schedule(lr)
+    else:
+      base = optax.linear_schedule(lr, lr * t.final_lr_fraction, end - start,
+                                   transition_begin=start)
+    if not steps:
+      return base
+    scale = optax.piecewise_constant_schedule(1.0, steps)
+    return lambda step: base(step) * scale(step)
 
   return {"generator": schedule(g_lr), "discriminator": schedule(d_lr)}
+
+
+def lr_step_scales(text: str) -> dict[int, float]:
+  """`train.lr_steps` ('2000:1.5,8000:0.5') as optax's boundaries_and_scales {2000: 1.5, ...}."""
+  scales = {}
+  for item in filter(None, (x.strip() for x in text.split(","))):
+    try:
+      step, scale = item.split(":")
+      scales[int(step)] = float(scale)
+    except ValueError:
+      raise ValueError(f"config.train.lr_steps={text!r}: {item!r} is not STEP:SCALE "
+                       f"(e.g. '2000:1.5')") from None
+    if int(step) < 0 or not float(scale) > 0:
+      raise ValueError(f"config.train.lr_steps={text!r}: {item!r} needs a step >= 0 and a "
+                       f"scale > 0")
+  return scales
 
 
 def scale_by_torch_amsgrad(b1: float = 0.0, b2: float = 0.9,

@@ -143,6 +143,17 @@ def test_bad_precise_statistics_batches_are_named(records_dir, batches, size):
     validate_config(config, process_count=1, local_devices=1)
 
 
+@pytest.mark.parametrize("text,problem", [("2000", "is not STEP:SCALE"),
+                                          ("2000:fast", "is not STEP:SCALE"),
+                                          ("2000:0", "needs a step >= 0 and a scale > 0")])
+def test_bad_learning_rate_steps_are_named(records_dir, text, problem):
+  config = default.get_config("variant=tiny")
+  config.data_dir = str(records_dir)
+  config.train.lr_steps = text
+  with pytest.raises(ConfigError, match=rf"^config\.train\.lr_steps='{text}': .*{problem}"):
+    validate_config(config, process_count=1, local_devices=1)
+
+
 def test_a_valid_config_passes(records_dir):
   config = default.get_config("variant=tiny")
   config.data_dir = str(records_dir)

@@ -141,6 +141,22 @@ def test_learning_rate_schedules_ttur_and_linear_decay():
   assert float(optimizers.learning_rate_schedules(whole)["generator"](0)) == pytest.approx(5e-4)
 
 
+def test_learning_rate_steps_scale_both_rates_from_their_step_on():
+  # Constant rates scaled by 1.5 from step 4 and by 0.5 more from step 8; with the linear decay
+  # (steps 10-20) the scale multiplies the decayed rate.
+  sched = optimizers.learning_rate_schedules(
+      _config(lr=1e-3, ttur=False, lr_steps="4:1.5, 8:0.5", final_lr_fraction=0.0))
+  for step, factor in [(0, 1.0), (3, 1.0), (4, 1.5), (7, 1.5), (8, 0.75), (15, 0.375), (20, 0.0)]:
+    for side in ("generator", "discriminator"):
+      assert float(sched[side](step)) == pytest.approx(1e-3 * factor, rel=1e-6, abs=1e-12), step
+  # The optimiser follows the scaled rate: a stage starting at step 6 takes 1.5 x lr sign-steps.
+  tx = optimizers.make_optimizers(_config(lr=1e-3, ttur=False, amsgrad=False, lr_steps="4:1.5"),
+                                  "full", first_step=6)["discriminator"]
+  params = {"w": jnp.ones(3)}
+  updates, _ = tx.update({"w": jnp.array([2.0, -3.0, 0.5])}, tx.init(params), params)
+  np.testing.assert_allclose(updates["w"], [-1.5e-3, 1.5e-3, -1.5e-3], rtol=1e-4)
+
+
 def _find_states(tree, cls):
   return [x for x in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, cls))
           if isinstance(x, cls)]
