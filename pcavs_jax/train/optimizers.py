@@ -125,13 +125,14 @@ def lr_step_scales(text: str) -> dict[int, float]:
   for item in filter(None, (x.strip() for x in text.split(","))):
     try:
       step, scale = item.split(":")
-      scales[int(step)] = float(scale)
+      step, scale = int(step), float(scale)
     except ValueError:
       raise ValueError(f"config.train.lr_steps={text!r}: {item!r} is not STEP:SCALE "
                        f"(e.g. '2000:1.5')") from None
-    if int(step) < 0 or not float(scale) > 0:
+    if step < 0 or not scale > 0:
       raise ValueError(f"config.train.lr_steps={text!r}: {item!r} needs a step >= 0 and a "
                        f"scale > 0")
+    scales[step] = scale
   return scales
 
 
