@@ -153,9 +153,15 @@ def pairwise_inverse_distance(x: Array, y: Array, eps: float = 1e-12) -> Array:
   return jax.lax.rsqrt(sq + eps)
 
 
-def pairwise_scaled_cosine(x: Array, y: Array, scale: float) -> Array:
-  """logits[i, j] = scale * cos(x_i, y_j): bounded logits (not in the paper, see `sync_loss`)."""
-  return scale * (l2_normalize(x) @ l2_normalize(y).T)
+def pairwise_scaled_cosine(x: Array, y: Array, scale: float, norm_floor: float = 1e-2) -> Array:
+  """logits[i, j] = scale * cos(x_i, y_j): bounded logits (not in the paper, see `sync_loss`).
+
+  Rows shorter than `norm_floor` are divided by the floor, not by their norm, which bounds the
+  gradient at a row that is (nearly) zero by 1 / norm_floor: a fresh E_n can emit an all-zero mouth
+  feature (every ReLU of `to_mouth` off), and torch's 1e-12 floor then sent a 7e13 gradient into
+  `to_mouth`, which killed E_n's training at lr 3e-3.
+  """
+  return scale * (l2_normalize(x, norm_floor) @ l2_normalize(y, norm_floor).T)
 
 
 def cross_entropy_loss(scores: Array, labels: Array) -> Array:

@@ -165,6 +165,11 @@ def test_cosine_contrastive_logits_are_bounded_scaled_cosines():
   assert float(jnp.max(jnp.abs(losses.pairwise_scaled_cosine(v, a, scale)))) <= scale + 1e-4
   total, terms = losses.sync_loss(v, a, cosine_scale=scale)
   assert np.isfinite(float(total)) and {"sync_contrastive_va", "sync_contrastive_av"} <= set(terms)
+  # An all-zero row (every ReLU of a fresh `to_mouth` off) gets a gradient of at most
+  # scale / norm_floor, not torch's 1 / 1e-12 per unit of upstream gradient.
+  zero_row = v.at[1].set(0.0)
+  grad = jax.grad(losses.softmax_contrastive_loss)(zero_row, a, cosine_scale=scale)
+  assert 0.0 < float(jnp.linalg.norm(grad[1])) <= scale / 1e-2
 
 
 def test_box_l1_sees_only_the_box():
