@@ -118,6 +118,8 @@ def _g_losses(outputs, d_out, batch: Batch, loss_config, vgg_params) -> tuple[ja
       if w.mouth_l1 > 0:
         terms[f"mouth_l1_{name}"] = w.mouth_l1 * losses.box_l1_loss(fake, batch["target"],
                                                                    w.mouth_box)
+      if w.get("ssim_image", 0.0) > 0:
+        terms[f"ssim_image_{name}"] = w.ssim_image * losses.ssim_loss(fake, batch["target"])
       if vgg_params is not None and w.vgg > 0:
         from pcavs_jax.models.vgg import perceptual_loss
         terms[f"vgg_{name}"] = w.vgg * perceptual_loss(vgg_params, fake, batch["target"])

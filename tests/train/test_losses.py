@@ -190,3 +190,23 @@ def test_box_l1_sees_only_the_box():
   for bad in ((0.5, 0.25, 0.2, 0.8), (0.1, 0.5, -0.1, 0.8), (0.1, 1.2, 0.2, 0.8)):
     with pytest.raises(ValueError, match="box"):
       losses.box_l1_loss(jnp.asarray(x), jnp.asarray(x), bad)
+
+
+def test_ssim_loss_matches_skimage_and_rewards_structure():
+  from skimage.metrics import structural_similarity
+  rng = np.random.default_rng(6)
+  truth = np.clip(rng.normal(0, 0.5, size=(2, 32, 32, 3)), -1, 1).astype(np.float32)
+  noisy = np.clip(truth + rng.normal(0, 0.3, size=truth.shape), -1, 1).astype(np.float32)
+  # The same statistic, computed independently: Gaussian window sigma 1.5, population covariance.
+  expected = np.mean([1 - structural_similarity(n, t, channel_axis=-1, data_range=2.0,
+                                                gaussian_weights=True, sigma=1.5,
+                                                use_sample_covariance=False)
+                      for n, t in zip(noisy, truth)])
+  got = float(losses.ssim_loss(jnp.asarray(noisy), jnp.asarray(truth)))
+  assert got == pytest.approx(expected, abs=1e-4)
+  assert float(losses.ssim_loss(jnp.asarray(truth), jnp.asarray(truth))) == pytest.approx(0, abs=1e-6)
+  # A flat grey frame loses the structure that a noisy one keeps, although its L1 is similar.
+  grey = np.full_like(truth, truth.mean())
+  assert float(losses.ssim_loss(jnp.asarray(grey), jnp.asarray(truth))) > got
+  grad = jax.grad(losses.ssim_loss)(jnp.asarray(grey), jnp.asarray(truth))
+  assert np.isfinite(np.asarray(grad)).all() and float(jnp.abs(grad).max()) > 0

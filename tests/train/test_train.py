@@ -322,6 +322,24 @@ def test_mouth_l1_term_weights_only_the_mouth_box():
   assert np.all(grad[mask] > 0) and np.all(grad[~mask] == 0)
 
 
+def test_ssim_term_joins_the_generator_losses_only_when_weighted():
+  from pcavs_jax.train import losses as loss_fns
+  from pcavs_jax.train import steps as train_steps
+  config = get_config("variant=tiny")
+  rng = np.random.default_rng(1)
+  target, fake = (jax.numpy.asarray(rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32))
+                  for _ in range(2))
+  outputs = {"fake_visual": fake, "fake_audio": target}
+  d_out = [[jax.numpy.zeros((6, 2, 2, 1))]]
+  _, terms = train_steps._g_losses(outputs, d_out, {"target": target}, config.loss, None)
+  assert not any(k.startswith("ssim_image") for k in terms)
+  config.loss.ssim_image = 3.0
+  _, terms = train_steps._g_losses(outputs, d_out, {"target": target}, config.loss, None)
+  np.testing.assert_allclose(terms["ssim_image_visual"], 3.0 * loss_fns.ssim_loss(fake, target),
+                             rtol=1e-6)
+  assert float(terms["ssim_image_audio"]) == pytest.approx(0.0, abs=1e-5)
+
+
 def test_a_rerun_reads_every_compiled_program_from_the_persistent_cache(records, tmp_path):
   """A first run (in a fresh process: JAX sets its cache folder once per process) of two stages
   compiles both stages' train steps in the background, the second once the first step is done,
