@@ -89,13 +89,21 @@ def box_l1_loss(x: Array, y: Array, box: Sequence[float]) -> Array:
   return l1_loss(x[:, rows, cols], y[:, rows, cols])
 
 
-def ssim_loss(x: Array, y: Array) -> Array:
-  """1 - SSIM of NHWC images in [-1, 1] (dm_pix: 11-px Gaussian window), batch mean.
+def _box_mean(z: Array, size: int) -> Array:
+  """Mean over every `size` x `size` window of NHWC images ('valid'), as two 1-D sums."""
+  z = jax.lax.reduce_window(z, 0.0, jax.lax.add, (1, size, 1, 1), (1, 1, 1, 1), "VALID")
+  z = jax.lax.reduce_window(z, 0.0, jax.lax.add, (1, 1, size, 1), (1, 1, 1, 1), "VALID")
+  return z / size**2
 
-  Not in the paper: L1 alone lets G trade structure for blur, and SSIM is what the evaluation
-  scores.
+
+def ssim_loss(x: Array, y: Array, window: int = 7) -> Array:
+  """1 - SSIM of NHWC images in [-1, 1], batch mean (not in the paper).
+
+  A uniform 7 x 7 window, skimage's default and so the evaluation's; dm_pix's Gaussian default
+  filters by vmapped 1-D convolutions, 15x slower here. L1 alone lets G trade structure for blur.
   """
-  return jnp.mean(1.0 - dm_pix.ssim(x, y, max_val=2.0))
+  return jnp.mean(1.0 - dm_pix.ssim(x, y, max_val=2.0,
+                                    filter_fn=functools.partial(_box_mean, size=window)))
 
 
 def truth_regression_loss(code: Array, target: Array) -> Array:
