@@ -34,9 +34,9 @@ def register(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--triples", type=int, default=8, help="triples of the seen and unseen sets each")
   p.add_argument("--config", default="configs/synthtalk.py",
                  help="training config (relative to the repository root)")
-  p.add_argument("--config-args", default="identity_steps=300,sync_steps=300",
+  p.add_argument("--config-args", default="identity_steps=300,sync_steps=300,aux_losses=1",
                  help="the config's arguments besides minutes (short identity and sync stages, "
-                      "so the full stage gets most of the budget)")
+                      "so the full stage gets most of the budget; the auxiliary losses)")
   p.add_argument("--eval-triples", type=int, default=4,
                  help="triples per set the training probe generates at each eval")
   p.add_argument("--seed", type=int, default=0)

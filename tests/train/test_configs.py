@@ -16,6 +16,14 @@ def test_synthtalk_stage_arguments(arg, stages):
   assert stage_schedule(synthtalk.get_config(arg)) == stages
 
 
+def test_synthtalk_aux_losses_turn_on_only_their_weights():
+  base = _flat(synthtalk.get_config("minutes=7"))
+  got = _flat(synthtalk.get_config("minutes=7,aux_losses=1"))
+  diff = {k: v for k, v in got.items() if base[k] != v}
+  assert diff == {f"loss.{k}": v for k, v in synthtalk.AUX_LOSSES.items()}
+  assert all(base[f"loss.{k}"] == 0.0 for k in synthtalk.AUX_LOSSES)
+
+
 def _flat(config, prefix=""):
   out = {}
   for key, value in config.items():
