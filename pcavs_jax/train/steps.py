@@ -80,8 +80,10 @@ def _g_forward(g_params, batch_stats, batch: Batch, rng, *, model, stage: str,
   return keep, new["batch_stats"]
 
 
-def _g_losses(outputs, d_out, batch: Batch, loss_config, vgg_params) -> tuple[jax.Array, dict]:
-  """The generator-side losses of whichever outputs the stage produced."""
+def _g_losses(outputs, d_out, batch: Batch, loss_config, vgg_params,
+              mouth_read=None) -> tuple[jax.Array, dict]:
+  """The generator-side losses of whichever outputs the stage produced; `mouth_read` is
+  `_read_mouths` of them when the mouth-reader term is on."""
   w = loss_config
   terms: dict[str, jax.Array] = {}
   if "class_scores" in outputs and w.identity > 0:
@@ -120,6 +122,9 @@ def _g_losses(outputs, d_out, batch: Batch, loss_config, vgg_params) -> tuple[ja
                                                                    w.mouth_box)
       if w.get("ssim_image", 0.0) > 0:
         terms[f"ssim_image_{name}"] = w.ssim_image * losses.ssim_loss(fake, batch["target"])
+      if mouth_read is not None:
+        terms[f"mouth_reader_{name}"] = w.mouth_reader * losses.l1_loss(
+            mouth_read[name], lax.stop_gradient(mouth_read["target"]))
       if vgg_params is not None and w.vgg > 0:
         from pcavs_jax.models.vgg import perceptual_loss
         terms[f"vgg_{name}"] = w.vgg * perceptual_loss(vgg_params, fake, batch["target"])
@@ -191,9 +196,31 @@ def discriminator_loss_and_grads(d_params, d_stats, outputs, batch: Batch, *, di
   return loss, terms, grads, new_stats
 
 
+def uses_mouth_reader(loss_config) -> bool:
+  """Whether the generator side reads its fakes' mouths with E_n (`loss.mouth_reader`)."""
+  return loss_config.get("mouth_reader", 0.0) > 0
+
+
+def _read_mouths(model, g_params, g_stats, outs, target) -> dict[str, jax.Array]:
+  """E_n's eval-mode mouth features of the fakes and the target frames (not in the paper).
+
+  E_n reads as a fixed judge, like D on the generator side: only the fakes carry gradient, so
+  G is told to draw the mouth E_n reads from the target, and E_n cannot learn to be fooled.
+  """
+  b = target.shape[0]
+  images = jnp.concatenate([outs["fake_visual"], outs["fake_audio"], target])
+  read = model.apply({"params": g_params, "batch_stats": g_stats}, images, train=False,
+                     method=model.encode_nonidentity)["mouth"]
+  return {"visual": read[:b], "audio": read[b:2 * b], "target": read[2 * b:]}
+
+
 def generator_side_loss_and_grads(outputs, vjp_fn, batch: Batch, d_params, d_stats, *,
-                                  discriminator, loss_config, vgg_params=None):
+                                  discriminator, loss_config, vgg_params=None, model=None,
+                                  g_params=None, g_stats=None):
   """The generator-side losses of the forward's outputs against D, and their G-side gradients.
+
+  `model`, `g_params`, `g_stats` (the step's starting G side) are needed only for the
+  mouth-reader term.
 
   Returns:
     (total loss, {term: weighted value}, gradients keyed like g_params).
@@ -204,7 +231,10 @@ def generator_side_loss_and_grads(outputs, vjp_fn, batch: Batch, d_params, d_sta
       images = jnp.concatenate([outs["fake_visual"], outs["fake_audio"], batch["target"]])
       # D's spectral-norm vectors are not advanced by the generator side.
       d_out = discriminator.apply({"params": d_params, "batch_stats": d_stats}, images, train=False)
-    return _g_losses(outs, d_out, batch, loss_config, vgg_params)
+    mouth_read = None
+    if "fake_visual" in outs and uses_mouth_reader(loss_config):
+      mouth_read = _read_mouths(model, g_params, g_stats, outs, batch["target"])
+    return _g_losses(outs, d_out, batch, loss_config, vgg_params, mouth_read)
 
   (loss, terms), out_grads = jax.value_and_grad(loss_fn, has_aux=True)(outputs)
   (grads,) = vjp_fn(out_grads)
@@ -239,7 +269,8 @@ def train_step(state: GANTrainState, batch: Batch, *, model, discriminator, conf
 
   g_loss, g_terms, g_grads = generator_side_loss_and_grads(
       outputs, g_vjp, batch, new_state.d_params, d_stats, discriminator=discriminator,
-      loss_config=config.loss, vgg_params=vgg_params)
+      loss_config=config.loss, vgg_params=vgg_params, model=model, g_params=state.g_params,
+      g_stats=state.batch_stats["g"])
   g_grads = lax.pmean(g_grads, AXIS)
   new_state = new_state.apply_g_gradients(g_grads)
   metrics.update(g_terms, g_loss=g_loss)

@@ -232,13 +232,15 @@ def test_sync_stages_train_only_the_mouth_pathway(records, tmp_path, stage):
 
 
 def test_pixel_losses_alone_leave_the_discriminator_out(records, tmp_path):
-  """No GAN and no feature-matching weight: D neither runs nor trains; G learns by pixel L1."""
+  """No GAN and no feature-matching weight: D neither runs nor trains; G learns by pixel L1 and
+  the mouth reader (which reads the fakes with E_n, not D)."""
   config = tiny_config(records, 1, **{"loss.gan": 0.0, "loss.feature_matching": 0.0,
-                                      "loss.l1_image": 1.0})
+                                      "loss.l1_image": 1.0, "loss.mouth_reader": 1.0})
   init = train.initial_state(config, *_networks(records))
   state = train.train_and_evaluate(config, str(tmp_path))
   (row,) = history(tmp_path)
   assert "d_loss" not in row and "gan_visual" not in row and row["l1_image_visual"] > 0
+  assert row["mouth_reader_visual"] > 0 and row["mouth_reader_audio"] > 0
   for a, b in zip(jax.tree.leaves(init.d_params), jax.tree.leaves(state.d_params)):
     np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
   assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
@@ -338,6 +340,36 @@ def test_ssim_term_joins_the_generator_losses_only_when_weighted():
   np.testing.assert_allclose(terms["ssim_image_visual"], 3.0 * loss_fns.ssim_loss(fake, target),
                              rtol=1e-6)
   assert float(terms["ssim_image_audio"]) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_mouth_reader_term_compares_what_the_nonidentity_encoder_reads_in_fake_and_target():
+  from pcavs_jax.models.pcavs import build_model
+  from pcavs_jax.train import losses as loss_fns
+  from pcavs_jax.train import steps as train_steps
+  config = get_config("variant=tiny")
+  assert not train_steps.uses_mouth_reader(config.loss)    # off unless weighted
+  config.loss.mouth_reader = 5.0
+  model = build_model(config.model)
+  r = model.resolution
+  rng = np.random.default_rng(2)
+  target, fake = (jax.numpy.asarray(rng.uniform(-1, 1, (2, r, r, 3)).astype(np.float32))
+                  for _ in range(2))
+  variables = jax.jit(model.init)({"params": jax.random.key(0)}, target[:1],
+                                  jax.numpy.zeros((1, 80, 20)), target[:1])
+  d_out = [[jax.numpy.zeros((6, 2, 2, 1))]]
+
+  def term(fake_visual):
+    outs = {"fake_visual": fake_visual, "fake_audio": target}
+    read = train_steps._read_mouths(model, variables["params"], variables["batch_stats"], outs,
+                                    target)
+    _, terms = train_steps._g_losses(outs, d_out, {"target": target}, config.loss, None, read)
+    return terms["mouth_reader_visual"], terms
+
+  (value, terms), grad = jax.jit(jax.value_and_grad(term, has_aux=True))(fake)
+  read = jax.jit(lambda x: model.apply(variables, x, method=model.encode_nonidentity)["mouth"])
+  np.testing.assert_allclose(value, 5.0 * loss_fns.l1_loss(read(fake), read(target)), rtol=1e-5)
+  assert float(value) > 0 and float(terms["mouth_reader_audio"]) == pytest.approx(0.0, abs=1e-6)
+  assert np.abs(np.asarray(grad)).sum() > 0
 
 
 def test_a_rerun_reads_every_compiled_program_from_the_persistent_cache(records, tmp_path):
