@@ -12,7 +12,8 @@ from the codes of a set's truth frames (`encode_set`, `mechanism_measures`).
   identity    E_i's top-1 identity classification of every frame of A's held-out clip (seen and
               self sets: identities with a training label).
 
-`probe_codes` reads more out of the codes, and what G's pose follows (scripts/probe_codes.py).
+`probe_codes` reads more out of the codes, and what G's pose and mouth follow
+(scripts/probe_codes.py).
 """
 from __future__ import annotations
 
@@ -234,43 +235,64 @@ def heldout_r2(features: np.ndarray, targets: np.ndarray, groups: np.ndarray,
   return 1.0 - resid / np.maximum(total, 1e-12)
 
 
-def pose_following(model, variables, eval_set, batch_size: int = 32) -> dict[str, dict]:
-  """What G's pose follows: per triple, the correlation over frames of the generated frames'
-  measured yaw, pitch, roll with the pose source's truth (reference fixed:
-  `follows_pose_source`) and with the reference's truth (reference varying, pose source fixed:
-  `follows_reference`); means over triples."""
+def following(model, variables, eval_set, batch_size: int = 32) -> dict[str, dict]:
+  """What G's pose and mouth follow: the generated frames' measured yaw, pitch, roll, mouth
+  openness and width, per triple over its frames, against
+  - the drivers' truth (reference fixed at A's frame 0, pose from B, audio from C: the scored
+    case): correlation `follows_drivers`, and `drivers_slope`, the least-squares slope of the
+    measure on the truth over all the set's frames (1: drawn to the full range; below 1: a
+    flattened version, pulled towards the mean);
+  - what the analyzer reads in the pose source's frames (B), in the same drives: correlation
+    `follows_pose_source` (for the pose, the driver itself; for the mouth, near 0 unless the pose
+    code carries B's mouth into the frame);
+  - the reference's truth (references varying over A's frames, pose source fixed, C's audio):
+    correlation `follows_reference` (near 0: E_i passes none of the reference's pose or mouth).
+  Correlations are means over triples."""
   import jax
   import jax.numpy as jnp
   from pcavs_jax.data import audio as audio_lib
-  from pcavs_jax.data.synthtalk import analyzer
+  from pcavs_jax.data.synthtalk import analyzer, render
   from pcavs_jax.evaluate import scoring
 
+  keys = POSE_ANGLES + render.MOUTH_KEYS
   drive = jax.jit(lambda v, r, m, p: model.apply(v, r, m, p, method=model.infer)["driven"])
   to_model = lambda frames: jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
-  follows = {"follows_pose_source": [], "follows_reference": []}
+  follows = {"follows_drivers": [], "follows_pose_source": [], "follows_reference": []}
+  pairs = []   # (measured, truth) of the drivers' case, every frame
   for tr in eval_set.triples:
     t = tr.num_frames
-    mel = jnp.asarray(audio_lib.mel_windows(tr.mel, 1))
+    mel = jnp.asarray(audio_lib.mel_windows(tr.mel, t))   # C's window of every frame
     first = lambda frames: np.repeat(frames[:1], t, axis=0)
     for name, refs, poses, truth in (
-        ("follows_pose_source", first(tr.reference_frames), tr.pose_frames[:t], tr.truth),
+        ("follows_drivers", first(tr.reference_frames), tr.pose_frames[:t], tr.truth),
         ("follows_reference", tr.reference_frames[:t], first(tr.pose_frames), tr.reference_truth)):
       frames = np.concatenate([
           np.asarray(drive(variables, to_model(refs[s:s + batch_size]),
-                           jnp.repeat(mel, len(refs[s:s + batch_size]), axis=0),
-                           to_model(poses[s:s + batch_size])))
+                           mel[s:s + batch_size], to_model(poses[s:s + batch_size])))
           for s in range(0, t, batch_size)])
       measured = analyzer.analyze_frames(
           scoring.to_uint8(frames, eval_set.resolution, value_range=(-1.0, 1.0)))
       # The lag-0 correlation of the scoring's cross-correlation (NaN frames take the mean).
       follows[name].append([scoring.lagged_correlation(measured[k], truth[k][:t], 0)[2]
-                            for k in POSE_ANGLES])
-  return {name: dict(zip(POSE_ANGLES, np.mean(np.asarray(rows), 0).tolist()))
-          for name, rows in follows.items()}
+                            for k in keys])
+      if name == "follows_drivers":
+        source = analyzer.analyze_frames(tr.pose_frames[:t])
+        follows["follows_pose_source"].append(
+            [scoring.lagged_correlation(measured[k], source[k], 0)[2] for k in keys])
+        pairs.append(np.stack([np.stack([measured[k], truth[k][:t]], 1) for k in keys]))
+  report = {name: dict(zip(keys, np.mean(np.asarray(rows), 0).tolist()))
+            for name, rows in follows.items()}
+  pairs = np.concatenate(pairs, axis=1)   # (keys, frames, 2)
+  report["drivers_slope"] = {}
+  for i, k in enumerate(keys):
+    measured, truth = pairs[i][np.isfinite(pairs[i]).all(1)].T
+    report["drivers_slope"][k] = (float(np.polyfit(truth, measured, 1)[0])
+                                  if len(truth) > 1 and np.ptp(truth) > 0 else math.nan)
+  return report
 
 
 def probe_codes(model, variables, eval_set, batch_size: int = 32) -> dict[str, dict[str, float]]:
-  """What E_n's and E_a's codes carry and what G's pose follows, on a SynthTalk set.
+  """What E_n's and E_a's codes carry and what G's pose and mouth follow, on a SynthTalk set.
 
   - `pose_code_r2` / `mouth_feature_r2` / `audio_mouth_r2`: held-out R^2 of a linear read-out of
     each truth quantity (pose keys, mouth keys) from the pose code / the visual mouth feature of
@@ -279,7 +301,8 @@ def probe_codes(model, variables, eval_set, batch_size: int = 32) -> dict[str, d
   - `sync`: the retrieval top-1 measured (`sync_retrieval`), that of mouth readers as precise as
     the two features' read-outs (`reader_top1` at their mouth R^2s), of readers at R^2 0.99, and
     of a perfect one (`sync_ceiling`).
-  - `follows_pose_source` / `follows_reference`: `pose_following`.
+  - `follows_drivers` / `drivers_slope` / `follows_pose_source` / `follows_reference`:
+    `following`.
   """
   from pcavs_jax.data.synthtalk import render
   keys = POSE_KEYS + render.MOUTH_KEYS
@@ -299,5 +322,5 @@ def probe_codes(model, variables, eval_set, batch_size: int = 32) -> dict[str, d
                                         r2("audio_mouth_r2")),
       "reader_at_r2_0.99": reader_top1(mouths, clips, 0.99, 0.99),
       "perfect_reader": sync_ceiling(mouths, clips)}
-  report.update(pose_following(model, variables, eval_set, batch_size))
+  report.update(following(model, variables, eval_set, batch_size))
   return report
