@@ -40,6 +40,7 @@ def loss_config() -> ml_collections.ConfigDict:
   # mouth features' first 2 regress mouth_open, mouth_width.
   w.pose_truth = 0.0
   w.mouth_truth = 0.0
+  w.pose_mouth_decorrelation = 0.0   # squared correlation of the pose code with the true mouth
   return w
 
 

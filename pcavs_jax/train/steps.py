@@ -39,13 +39,19 @@ def flatten_clip(batch: Batch) -> Batch:
 
 
 # The ground truth each auxiliary truth loss regresses (`loss_config`), in code order.
-TRUTH_KEYS = {"pose_truth": ("yaw", "pitch", "roll"), "mouth_truth": ("mouth_open", "mouth_width")}
+TRUTH_KEYS = {"pose_truth": ("yaw", "pitch", "roll"), "mouth_truth": ("mouth_open", "mouth_width"),
+              "pose_mouth_decorrelation": ("mouth_open", "mouth_width")}
 
 
 def _truth_target(batch: Batch, keys: tuple[str, ...]) -> jax.Array:
   """(B, len(keys)) ground truth, each divided by half its full range (about unit scale)."""
   from pcavs_jax.data.synthtalk.analyzer import RANGES
   return jnp.stack([batch["truth"][k] / (RANGES[k] / 2) for k in keys], axis=-1)
+
+
+def _gather(x: jax.Array) -> jax.Array:
+  """Every device's rows of a per-device batch array, in device order (the global batch)."""
+  return lax.all_gather(x, AXIS, tiled=True)
 
 
 def _g_rngs(rng: jax.Array, noise_injection: bool = True) -> dict[str, jax.Array]:
@@ -93,14 +99,23 @@ def _g_losses(outputs, d_out, batch: Batch, loss_config, vgg_params,
     # the whole (DataParallel-gathered) batch: gather every device's features first. Each device
     # then holds the global loss; the gather's transpose sums its cotangents over devices, so the
     # pmean-ed gradients equal the single-device gradients of the same global batch.
-    gather = lambda x: lax.all_gather(x, AXIS, tiled=True)
-    _, parts = losses.sync_loss(gather(outputs["visual_mouth"]), gather(outputs["audio_mouth"]),
+    _, parts = losses.sync_loss(_gather(outputs["visual_mouth"]),
+                                _gather(outputs["audio_mouth"]),
                                 contrastive_weight=w.contrastive, l1_weight=w.crossmodal_l1,
                                 cosine_scale=w.get("sync_cosine_scale", 0.0))
     terms.update(parts)
   if "pose_code" in outputs and w.get("pose_truth", 0.0) > 0:
     terms["pose_truth"] = w.pose_truth * losses.truth_regression_loss(
         outputs["pose_code"], _truth_target(batch, TRUTH_KEYS["pose_truth"]))
+  if "pose_code" in outputs and w.get("pose_mouth_decorrelation", 0.0) > 0:
+    # Squared correlation over the global batch between each pose-code number and the true
+    # mouth: the pose code, read from the target frame, must not carry its mouth to G.
+    code = _gather(outputs["pose_code"])
+    truth = _gather(_truth_target(batch, TRUTH_KEYS["pose_mouth_decorrelation"]))
+    code, truth = code - code.mean(0), truth - truth.mean(0)
+    std = lambda x: jnp.sqrt((x ** 2).mean(0))
+    corr = (code.T @ truth / code.shape[0]) / (std(code)[:, None] * std(truth)[None] + 1e-6)
+    terms["pose_mouth_decorrelation"] = w.pose_mouth_decorrelation * jnp.mean(corr ** 2)
   if "audio_mouth" in outputs and w.get("mouth_truth", 0.0) > 0:
     target = _truth_target(batch, TRUTH_KEYS["mouth_truth"])
     terms["mouth_truth"] = w.mouth_truth * sum(

@@ -292,7 +292,11 @@ def test_synthtalk_curve_scores_every_kept_checkpoint(runs, tmp_path):
   assert set(probe["pose_code_r2"]) == set(mechanisms.POSE_KEYS) | {"mouth_open", "mouth_width"}
   assert all(v <= 1.0 for row in ("pose_code_r2", "mouth_feature_r2", "audio_mouth_r2")
              for v in probe[row].values())
-  assert all(np.isnan(v) or -1.0 <= v <= 1.0 for row in ("follows_pose_source", "follows_reference")
+  follows = ("follows_drivers", "drivers_slope", "follows_pose_source", "follows_reference")
+  assert all(set(probe[row]) == {"yaw", "pitch", "roll", "mouth_open", "mouth_width"}
+             for row in follows)
+  assert all(np.isnan(v) or -1.0 <= v <= 1.0
+             for row in ("follows_drivers", "follows_pose_source", "follows_reference")
              for v in probe[row].values())
   assert all(0.0 <= v <= 1.0 for v in probe["sync"].values())
 
@@ -370,6 +374,25 @@ def test_mouth_reader_term_compares_what_the_nonidentity_encoder_reads_in_fake_a
   np.testing.assert_allclose(value, 5.0 * loss_fns.l1_loss(read(fake), read(target)), rtol=1e-5)
   assert float(value) > 0 and float(terms["mouth_reader_audio"]) == pytest.approx(0.0, abs=1e-6)
   assert np.abs(np.asarray(grad)).sum() > 0
+
+
+def test_pose_mouth_decorrelation_is_the_squared_correlation_of_the_pose_code_with_the_mouth():
+  from pcavs_jax.train import steps as train_steps
+  config = get_config("variant=tiny")
+  config.loss.pose_mouth_decorrelation = 2.0
+  rng = np.random.default_rng(3)
+  truth = {"mouth_open": rng.uniform(0, 1, 16).astype(np.float32),
+           "mouth_width": rng.uniform(0, 1, 16).astype(np.float32)}
+  code = rng.normal(size=(16, 12)).astype(np.float32)
+  code[:, 0] = 3.0 * truth["mouth_open"] + 1.0         # one number carries the openness exactly
+  term = jax.vmap(lambda c, t: train_steps._g_losses({"pose_code": c}, None, {"truth": t},
+                                                     config.loss, None)[1],
+                  axis_name=train_steps.AXIS)
+  value = float(term(code[None], jax.tree.map(lambda x: x[None], truth))
+                ["pose_mouth_decorrelation"][0])
+  corr = np.corrcoef(code.T, np.stack([truth["mouth_open"], truth["mouth_width"]]))[:12, 12:]
+  assert value == pytest.approx(2.0 * np.mean(corr ** 2), rel=1e-4)
+  assert value >= 2.0 / 24                            # the exact number alone gives 1 / 24
 
 
 def test_a_rerun_reads_every_compiled_program_from_the_persistent_cache(records, tmp_path):
