@@ -248,38 +248,37 @@ def following(model, variables, eval_set, batch_size: int = 32) -> dict[str, dic
   - the reference's truth (references varying over A's frames, pose source fixed, C's audio):
     correlation `follows_reference` (near 0: E_i passes none of the reference's pose or mouth).
   Correlations are means over triples."""
-  import jax
-  import jax.numpy as jnp
   from pcavs_jax.data import audio as audio_lib
   from pcavs_jax.data.synthtalk import analyzer, render
-  from pcavs_jax.evaluate import scoring
+  from pcavs_jax.evaluate import cross_driven, scoring
+  from pcavs_jax.infer.runner import FrameDriver
 
   keys = POSE_ANGLES + render.MOUTH_KEYS
-  drive = jax.jit(lambda v, r, m, p: model.apply(v, r, m, p, method=model.infer)["driven"])
-  to_model = lambda frames: jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
+  driven = cross_driven.generate_cross_driven(model, variables, eval_set, batch_size)
+  driver = FrameDriver(model, variables, batch_size)
+
+  def drive_per_reference(references, mel, poses):
+    """Frame i drawn with identity from references[i] alone (uint8)."""
+    ids = [driver.encode_identity(r[None]) for r in references]
+    return _batched(driver.drive, [np.stack([i[0] for i in ids]), np.stack([i[1] for i in ids]),
+                                   mel, poses], driver.batch_size)[0]
+
   follows = {"follows_drivers": [], "follows_pose_source": [], "follows_reference": []}
   pairs = []   # (measured, truth) of the drivers' case, every frame
   for tr in eval_set.triples:
     t = tr.num_frames
-    mel = jnp.asarray(audio_lib.mel_windows(tr.mel, t))   # C's window of every frame
-    first = lambda frames: np.repeat(frames[:1], t, axis=0)
-    for name, refs, poses, truth in (
-        ("follows_drivers", first(tr.reference_frames), tr.pose_frames[:t], tr.truth),
-        ("follows_reference", tr.reference_frames[:t], first(tr.pose_frames), tr.reference_truth)):
-      frames = np.concatenate([
-          np.asarray(drive(variables, to_model(refs[s:s + batch_size]),
-                           mel[s:s + batch_size], to_model(poses[s:s + batch_size])))
-          for s in range(0, t, batch_size)])
-      measured = analyzer.analyze_frames(
-          scoring.to_uint8(frames, eval_set.resolution, value_range=(-1.0, 1.0)))
-      # The lag-0 correlation of the scoring's cross-correlation (NaN frames take the mean).
-      follows[name].append([scoring.lagged_correlation(measured[k], truth[k][:t], 0)[2]
-                            for k in keys])
-      if name == "follows_drivers":
-        source = analyzer.analyze_frames(tr.pose_frames[:t])
-        follows["follows_pose_source"].append(
-            [scoring.lagged_correlation(measured[k], source[k], 0)[2] for k in keys])
-        pairs.append(np.stack([np.stack([measured[k], truth[k][:t]], 1) for k in keys]))
+    # The lag-0 correlation of the scoring's cross-correlation (NaN frames take the mean).
+    corr = lambda measured, truth: [scoring.lagged_correlation(measured[k], truth[k][:t], 0)[2]
+                                    for k in keys]
+    measured = analyzer.analyze_frames(driven[tr.triple_id])
+    follows["follows_drivers"].append(corr(measured, tr.truth))
+    follows["follows_pose_source"].append(corr(measured,
+                                               analyzer.analyze_frames(tr.pose_frames[:t])))
+    pairs.append(np.stack([np.stack([measured[k], tr.truth[k][:t]], 1) for k in keys]))
+    varied = drive_per_reference(tr.reference_frames[:t],
+                                 audio_lib.mel_windows(tr.mel, t).astype(np.float32),
+                                 np.repeat(tr.pose_frames[:1], t, axis=0))
+    follows["follows_reference"].append(corr(analyzer.analyze_frames(varied), tr.reference_truth))
   report = {name: dict(zip(keys, np.mean(np.asarray(rows), 0).tolist()))
             for name, rows in follows.items()}
   pairs = np.concatenate(pairs, axis=1)   # (keys, frames, 2)
