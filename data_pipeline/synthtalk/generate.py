@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -98,7 +98,8 @@ def clip_truth(seed: int, identity: int, clip: int, num_frames: int,
   return {k: np.asarray(truth[k], np.float32) for k in TRUTH_KEYS}, wav
 
 
-def make_clip(seed: int, identity: int, clip: int, num_frames: int, resolution: int) -> Clip:
+def make_clip(seed: int, identity: int, clip: int, num_frames: int, resolution: int,
+              pose_twin: int | None = None) -> Clip:
   """Generates one clip: frames, audio, mel, truth and identity parameters.
 
   Args:
@@ -107,31 +108,46 @@ def make_clip(seed: int, identity: int, clip: int, num_frames: int, resolution: 
     clip: clip index within the identity.
     num_frames: frames at 25 fps.
     resolution: frame size in pixels.
+    pose_twin: an identity index: the clip's pose and mouth also drawn on that identity
+      (`Clip.pose_frames`); None: none.
   """
   params = identity_params(seed, identity)
   truth, wav = clip_truth(seed, identity, clip, num_frames, params)
   frames = render.render_frames(params, truth, resolution)
+  twin = (None if pose_twin is None
+          else render.render_frames(identity_params(seed, pose_twin), truth, resolution))
   return Clip(clip_id=clip_name(identity, clip), identity=identity_name(identity),
               label=identity, frames=frames, audio=wav, mel=audio_lib.melspectrogram(wav),
-              truth=truth, identity_params=params, source=f"synthtalk:{seed}")
+              truth=truth, identity_params=params, source=f"synthtalk:{seed}", pose_frames=twin)
 
 
-def _make(job: tuple[int, int, int, int, int]) -> Clip:
+def pose_twin(identities: Sequence[int], identity: int, clip: int) -> int | None:
+  """The identity a clip's pose twin is drawn on: another of `identities`, a different one for
+  each clip of an identity (None when there is no other)."""
+  if len(identities) < 2:
+    return None
+  k = list(identities).index(identity)
+  return identities[(k + 1 + clip % (len(identities) - 1)) % len(identities)]
+
+
+def _make(job: tuple) -> Clip:
   return make_clip(*job)
 
 
 def generate_clips(seed: int, identities: tuple[int, ...] | list[int], clips_per_identity: int,
                    num_frames: int, resolution: int, workers: int = 1,
-                   first_clip: int = 0) -> Iterator[Clip]:
+                   first_clip: int = 0, pose_twins: bool = False) -> Iterator[Clip]:
   """Yields the clips of the given identities, in (identity, clip) order.
 
   Args:
     workers: processes to render with; the clips (and their order) do not depend on it.
     first_clip: index of each identity's first clip (clips first_clip, first_clip + 1, ...;
       e.g. held-out clips of training identities after their training clips).
+    pose_twins: each clip also drawn on another of `identities` (`pose_twin`).
   """
-  jobs = [(seed, i, c, num_frames, resolution) for i in identities
-          for c in range(first_clip, first_clip + clips_per_identity)]
+  jobs = [(seed, i, c, num_frames, resolution,
+           pose_twin(identities, i, c) if pose_twins else None)
+          for i in identities for c in range(first_clip, first_clip + clips_per_identity)]
   if workers <= 1:
     yield from map(_make, jobs)
     return

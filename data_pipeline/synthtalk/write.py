@@ -35,6 +35,7 @@ class SynthTalkSettings:
   heldout_clips: int = 1           # clips per training identity training never reads (seen set)
   seen_triples: int | None = None  # seen triples (default: as many as unseen, else <= 24)
   self_driven: bool = False        # also the self-driven set of every training clip
+  pose_twins: bool = False         # training clips also drawn on another training identity
   workers: int = 1                 # rendering processes
   num_shards: int | None = None    # TFRecord shards per split
   jpeg_quality: int = 95
@@ -66,7 +67,7 @@ def _write_splits(out: Path, s: SynthTalkSettings, split, log) -> tuple[dict, di
       continue
     start = time.time()
     clips = generate.generate_clips(s.seed, ids, s.clips_per_identity, s.frames, s.resolution,
-                                    s.workers)
+                                    s.workers, pose_twins=s.pose_twins and name == "train")
     if name == "test" or s.self_driven:
       clips = _keep(clips, kept[name])
     entry = records.write_clips(clips, out, name, num_shards=s.num_shards,

@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                       "held-out clips are drawn for that many training identities")
   p.add_argument("--self-driven", action="store_true",
                  help="also write the self-driven set of every training clip (memorisation)")
+  p.add_argument("--pose-twins", action="store_true",
+                 help="draw each training clip's pose and mouth on another training identity too "
+                      "(a pose source without the clip's identity: config data.pose_twins)")
   p.add_argument("--workers", type=int, default=d.workers, help="rendering processes")
   p.add_argument("--num-shards", type=int, default=d.num_shards,
                  help="TFRecord shards per split")
@@ -54,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
       identities=args.identities, clips_per_identity=args.clips_per_identity,
       resolution=args.resolution, seed=args.seed, frames=args.frames,
       test_fraction=args.test_fraction, triples=args.triples, heldout_clips=args.heldout_clips,
-      seen_triples=args.seen_triples, self_driven=args.self_driven, workers=args.workers,
+      seen_triples=args.seen_triples, self_driven=args.self_driven, pose_twins=args.pose_twins,
+      workers=args.workers,
       num_shards=args.num_shards, jpeg_quality=args.jpeg_quality,
       baselines=not args.no_baselines)
   write.write_synthtalk(args.out, settings, log=lambda line: print(line, flush=True))

@@ -33,6 +33,9 @@ class Clip:
     truth: per-frame ground truth, name -> (T,) or (T, k) float32; empty for real video.
     identity_params: per-identity ground truth (SynthTalk), name -> float32 array.
     source: where the clip came from (video path, or 'synthtalk:<seed>').
+    pose_frames: None, or (T, H, W, 3) uint8: the same per-frame pose and mouth drawn on another
+      identity (SynthTalk's pose twins, not in the paper), a pose source that shows no trace of
+      the clip's own identity.
   """
   clip_id: str
   identity: str
@@ -43,6 +46,7 @@ class Clip:
   truth: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   identity_params: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   source: str = ""
+  pose_frames: np.ndarray | None = None
 
   @property
   def num_frames(self) -> int:
@@ -60,6 +64,10 @@ class Clip:
     if self.mel.shape[0] < MEL_HOPS_PER_FRAME * self.num_frames:
       raise ValueError(f"clip {self.clip_id}: mel has {self.mel.shape[0]} hops, "
                        f"needs >= {MEL_HOPS_PER_FRAME * self.num_frames} for {self.num_frames} frames")
+    if self.pose_frames is not None and (self.pose_frames.shape != f.shape
+                                         or self.pose_frames.dtype != np.uint8):
+      raise ValueError(f"clip {self.clip_id}: pose_frames must be {f.shape} uint8 like frames, "
+                       f"got {self.pose_frames.shape} {self.pose_frames.dtype}")
     for name, value in self.truth.items():
       if value.shape[0] != self.num_frames:
         raise ValueError(f"clip {self.clip_id}: truth {name!r} has {value.shape[0]} rows, "

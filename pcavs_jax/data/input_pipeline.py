@@ -8,7 +8,8 @@ One training example, built from one clip record:
   pose_source  (clip_len, R, R, 3): the target under one random perspective warp and colour jitter
                (one draw per example, the same for all its frames), so that identity cannot leak
                through E_n (DESIGN.md §3). Each augmentation switches off on its own (`pose_*`
-               keys; `augment_pose_source=False` gives pose_source == target).
+               keys; `augment_pose_source=False` gives pose_source == target). With
+               `pose_twins`, the same from the record's pose twin frames instead of the target.
   mel          (clip_len, 80, 20): the E_a window of each target frame: hops
                [4 (t - 2), 4 (t - 2) + 20), edge-padded (as `pcavs_jax.data.audio.mel_windows`).
   label        int32 identity class.
@@ -85,6 +86,9 @@ def data_config() -> ml_collections.ConfigDict:
     'clip' (the clip's own frames); see the module docstring.
   reference_min_gap: own-clip references at least this many frames from every target frame.
   augment_pose_source: master switch of the pose-source augmentation (False: pose source = target).
+  pose_twins: the pose source starts from the record's `pose_frames` (the target frames' pose and
+    mouth drawn on another identity: `pcavs-jax synthtalk --pose-twins`) instead of the target
+    frames, so E_n never sees the target's identity, as in cross-driving (not in the paper).
   pose_perspective: corner displacement of the perspective warp as a fraction of the half size
     (torchvision RandomPerspective's distortion_scale); 0 switches the warp off.
   pose_brightness, pose_contrast, pose_saturation: colour jitter strengths s (factors drawn from
@@ -103,6 +107,7 @@ def data_config() -> ml_collections.ConfigDict:
   d.reference_source = "identity"
   d.reference_min_gap = 10
   d.augment_pose_source = True
+  d.pose_twins = False
   d.pose_perspective = 0.2
   d.pose_brightness = 0.3
   d.pose_contrast = 0.3
@@ -177,7 +182,8 @@ def _split_info(data_dir: str, split: str, files: list[str]) -> dict:
           "truth": {k: list(v.shape[1:]) for k, v in clip.truth.items()}}
 
 
-def _parse(serialized: tf.Tensor, truth_spec: dict[str, list[int]]) -> dict[str, tf.Tensor]:
+def _parse(serialized: tf.Tensor, truth_spec: dict[str, list[int]],
+           pose_twins: bool = False) -> dict[str, tf.Tensor]:
   spec = {
       "clip_id": tf.io.FixedLenFeature([], tf.string),
       "identity": tf.io.FixedLenFeature([], tf.string),
@@ -186,6 +192,8 @@ def _parse(serialized: tf.Tensor, truth_spec: dict[str, list[int]]) -> dict[str,
       "mel": tf.io.VarLenFeature(tf.float32),
   }
   spec.update({f"truth/{k}": tf.io.VarLenFeature(tf.float32) for k in truth_spec})
+  if pose_twins:
+    spec["pose_frames"] = tf.io.VarLenFeature(tf.string)
   ex = tf.io.parse_single_example(serialized, spec)
   out = {
       "clip_id": ex["clip_id"],
@@ -196,6 +204,12 @@ def _parse(serialized: tf.Tensor, truth_spec: dict[str, list[int]]) -> dict[str,
   }
   out["truth"] = {k: tf.reshape(ex[f"truth/{k}"].values, [-1] + list(tail))
                   for k, tail in truth_spec.items()}
+  if pose_twins:
+    with tf.control_dependencies([tf.debugging.assert_equal(
+        tf.size(ex["pose_frames"].values), tf.size(out["frames"]),
+        message="data.pose_twins: a record has no pose_frames (build the data with "
+                "`pcavs-jax synthtalk --pose-twins`)")]):
+      out["pose_frames"] = tf.identity(ex["pose_frames"].values)
   return out
 
 
@@ -246,6 +260,7 @@ def _sample(index: tf.Tensor, ex: dict[str, tf.Tensor], *, base_seed: tuple[int,
         "label": ex["label"],
         "target_jpeg": tf.gather(ex["frames"], frames),
         "reference_jpeg": tf.gather(ex["frames"], refs),
+        **({"pose_jpeg": tf.gather(ex["pose_frames"], frames)} if "pose_frames" in ex else {}),
         "mel": mel_windows_tf(ex["mel"], frames),
         "truth": {k: tf.gather(v, frames) for k, v in ex["truth"].items()},
         "seed": seeds[3 * s + 2],
@@ -386,7 +401,8 @@ def _finish(ex: dict[str, tf.Tensor], *, cfg: ml_collections.ConfigDict,
   r = cfg.resolution
   target = _decode(ex["target_jpeg"], r, ratio)
   reference = _decode(ex["reference_jpeg"], r, ratio)
-  pose = augment_pose_source(target, ex["seed"], cfg)
+  pose = augment_pose_source(_decode(ex["pose_jpeg"], r, ratio) if "pose_jpeg" in ex else target,
+                             ex["seed"], cfg)
   to_pm1 = lambda x: x * 2.0 - 1.0
   return {
       "target": tf.ensure_shape(to_pm1(target), [cfg.clip_len, r, r, 3]),
@@ -445,7 +461,8 @@ def create_train_dataset(config: ml_collections.ConfigDict, data_dir: str, *, se
   base_seed = data_seed(seed, start_step, pi)
 
   ds = host_records(files, pi, pc, shuffle_seed=base_seed[0])
-  ds = ds.map(functools.partial(_parse, truth_spec=info["truth"]), num_parallel_calls=AUTOTUNE)
+  ds = ds.map(functools.partial(_parse, truth_spec=info["truth"], pose_twins=cfg.pose_twins),
+              num_parallel_calls=AUTOTUNE)
   ds = ds.filter(lambda ex: tf.shape(ex["frames"])[0] >= (cfg.clip_len - 1) * cfg.get("clip_stride", 1) + 1)
   ds = ds.enumerate().map(functools.partial(_sample, base_seed=base_seed, cfg=cfg),
                           num_parallel_calls=AUTOTUNE).unbatch()

@@ -11,6 +11,7 @@ Features of one example (every array stored with its shape, so any `Clip` round-
   label                              int64
   frames                             bytes list, one JPEG per frame
   frames/shape                       int64 [T, H, W, 3]
+  pose_frames                        bytes list, one JPEG per frame (only clips that have them)
   mel, mel/shape                     float list (M * 80), [M, 80]
   audio, audio/shape                 float list (S), [S]
   truth/<name>, truth/<name>/shape   per-frame ground truth, [T, ...]
@@ -96,6 +97,8 @@ def encode_clip(clip: Clip, jpeg_quality: int = 95) -> bytes:
       "frames": b([_encode_jpeg(fr, jpeg_quality) for fr in clip.frames]),
       "frames/shape": i(clip.frames.shape),
   }
+  if clip.pose_frames is not None:
+    feats["pose_frames"] = b([_encode_jpeg(fr, jpeg_quality) for fr in clip.pose_frames])
   arrays = {"mel": clip.mel, "audio": clip.audio}
   arrays.update({f"truth/{k}": v for k, v in clip.truth.items()})
   arrays.update({f"identity_params/{k}": v for k, v in clip.identity_params.items()})
@@ -110,8 +113,9 @@ def example_fields(serialized: bytes) -> dict[str, Any]:
   """One serialised example as plain values, frames left as JPEG bytes.
 
   Returns:
-    clip_id, identity, source (str), label (int), frames (list of JPEG bytes), frames_shape,
-    mel, audio (float32 arrays), truth, identity_params (name -> float32 array).
+    clip_id, identity, source (str), label (int), frames and pose_frames (lists of JPEG bytes;
+    pose_frames empty where the clip has none), frames_shape, mel, audio (float32 arrays), truth,
+    identity_params (name -> float32 array).
   """
   import tensorflow as tf
   feats = tf.train.Example.FromString(serialized).features.feature
@@ -135,6 +139,7 @@ def example_fields(serialized: bytes) -> dict[str, Any]:
       "source": feats["source"].bytes_list.value[0].decode(),
       "frames": list(feats["frames"].bytes_list.value),
       "frames_shape": tuple(feats["frames/shape"].int64_list.value),
+      "pose_frames": list(feats["pose_frames"].bytes_list.value) if "pose_frames" in feats else [],
       "mel": arr("mel"),
       "audio": arr("audio"),
       "truth": dict(sorted(truth.items())),
@@ -147,9 +152,10 @@ def decode_clip(serialized: bytes) -> Clip:
   f = example_fields(serialized)
   frames = (np.stack([decode_jpeg(j) for j in f["frames"]]) if f["frames"]
             else np.zeros(f["frames_shape"], np.uint8))
+  pose_frames = np.stack([decode_jpeg(j) for j in f["pose_frames"]]) if f["pose_frames"] else None
   return Clip(clip_id=f["clip_id"], identity=f["identity"], label=f["label"], frames=frames,
               audio=f["audio"], mel=f["mel"], truth=f["truth"],
-              identity_params=f["identity_params"], source=f["source"])
+              identity_params=f["identity_params"], source=f["source"], pose_frames=pose_frames)
 
 
 # ----------------------------------------------------------------------------- manifest

@@ -136,6 +136,25 @@ def test_pose_augmentation_switches(data_dir):
   np.testing.assert_allclose(no_jitter["pose_source"], no_jitter["target"], atol=2e-2)
 
 
+def test_pose_twins(tmp_path, data_dir):
+  """data.pose_twins: the pose source is the record's pose_frames at the target's frame
+  indices (here coded as clip n + 3), not the target; records without them are refused."""
+  twinned = []
+  for n in range(3):
+    clip = coded_clip(n, "a" if n < 2 else "b", n)
+    clip.pose_frames = coded_clip(n + 3, "x", 0).frames
+    twinned.append(clip)
+  records.write_clips(twinned, tmp_path, "train")
+  cfg = small_config(augment_pose_source=False, pose_twins=True)
+  for b in take(cfg, str(tmp_path), n=3):
+    n, t = decode_codes(b["target"])
+    pn, pt = decode_codes(b["pose_source"])
+    np.testing.assert_array_equal(pn, n + 3)
+    np.testing.assert_array_equal(pt, t)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="no pose_frames"):
+    take(cfg, data_dir, n=1)
+
+
 def test_perspective_and_colour_ops():
   yy, xx = np.mgrid[0:32, 0:32].astype(np.float32) / 31
   images = np.stack([xx, yy, xx * yy], -1)[None].repeat(2, 0)

@@ -1,6 +1,7 @@
 """SynthTalk: determinism, exact re-rendering, phoneme-driven mouths, audio-free pose, the
 analyzer's accuracy, and the cross-driven scoring against its baselines."""
 import argparse
+import dataclasses
 import json
 import warnings
 
@@ -69,6 +70,35 @@ def test_stored_records_rerender(clip, tmp_path):
   jpeg = [cv2.imdecode(cv2.imencode(".jpg", f[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1],
                        cv2.IMREAD_COLOR)[..., ::-1] for f in redrawn]
   assert np.array_equal(np.stack(jpeg), back.frames)
+
+
+def test_pose_twins_draw_the_clip_on_other_identities(tmp_path):
+  """Each training clip's twin is its own pose and mouth on another identity, a different one
+  per clip; the twin frames survive the records."""
+  from pcavs_jax.data import records
+  ids = [0, 1, 2]
+  assert [generate.pose_twin(ids, 0, c) for c in range(3)] == [1, 2, 1]
+  assert generate.pose_twin([4], 4, 0) is None
+  clips = list(generate.generate_clips(2, ids, 2, 6, RES, pose_twins=True))
+  for c in clips:
+    twin = generate.pose_twin(ids, c.label, int(c.clip_id[-3:]))
+    assert twin != c.label
+    assert np.array_equal(
+        c.pose_frames, render.render_frames(generate.identity_params(2, twin), c.truth, RES))
+    assert np.abs(c.pose_frames.astype(int) - c.frames).mean() > 5
+  assert generate.make_clip(2, 0, 0, 6, RES).pose_frames is None
+  with pytest.raises(ValueError, match="pose_frames must be"):
+    dataclasses.replace(clips[0], pose_frames=clips[0].pose_frames[:3]).validate()
+  # `--pose-twins` draws them for the training split only; they survive the records.
+  from data_pipeline.synthtalk.write import SynthTalkSettings, write_synthtalk
+  write_synthtalk(tmp_path, SynthTalkSettings(identities=3, clips_per_identity=1, resolution=RES,
+                                              frames=6, seed=2, test_fraction=0.2,
+                                              heldout_clips=0, baselines=False, pose_twins=True))
+  train = list(records.read_clips(tmp_path, "train"))
+  assert len(train) == 2 and all(c.pose_frames is not None for c in train)
+  assert all(c.pose_frames is None for c in records.read_clips(tmp_path, "test"))
+  first = generate.make_clip(2, train[0].label, 0, 6, RES, pose_twin=train[1].label)
+  assert np.abs(train[0].pose_frames.astype(int) - first.pose_frames).mean() < 2.0  # JPEG
 
 
 def test_frontal_face_is_aligned():
