@@ -207,8 +207,7 @@ def _parse(serialized: tf.Tensor, truth_spec: dict[str, list[int]],
   if pose_twins:
     with tf.control_dependencies([tf.debugging.assert_equal(
         tf.size(ex["pose_frames"].values), tf.size(out["frames"]),
-        message="data.pose_twins: a record has no pose_frames (build the data with "
-                "`pcavs-jax synthtalk --pose-twins`)")]):
+        message="data.pose_twins: a record without pose twins")]):
       out["pose_frames"] = tf.identity(ex["pose_frames"].values)
   return out
 
@@ -459,6 +458,9 @@ def create_train_dataset(config: ml_collections.ConfigDict, data_dir: str, *, se
   files = _split_files(data_dir, cfg.split)
   info = _split_info(data_dir, cfg.split, files)
   base_seed = data_seed(seed, start_step, pi)
+  if cfg.pose_twins and next(records.read_clips(files[0])).pose_frames is None:
+    raise ValueError(f"data.pose_twins: the records of {data_dir!r} have no pose twins (build "
+                     f"them with `pcavs-jax synthtalk --pose-twins`)")
 
   ds = host_records(files, pi, pc, shuffle_seed=base_seed[0])
   ds = ds.map(functools.partial(_parse, truth_spec=info["truth"], pose_twins=cfg.pose_twins),
