@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from pcavs_jax.data import records
 from pcavs_jax.data import audio
+from pcavs_jax.data import augment
 from pcavs_jax.data import input_pipeline
 from pcavs_jax.data.clips import Clip
 
@@ -160,26 +161,26 @@ def test_perspective_and_colour_ops():
   images = np.stack([xx, yy, xx * yy], -1)[None].repeat(2, 0)
   shift = np.array([[3, 1], [2, 2], [1, 3], [1, 2]], np.float32)
   # Output corners sample the input at the original corners.
-  m = input_pipeline.perspective_matrix(32, 32, shift)
+  m = augment.perspective_matrix(32, 32, shift)
   moved = np.array([[3, 1], [29, 2], [30, 28], [1, 29]], np.float32)
   corners = np.array([[0, 0], [31, 0], [31, 31], [0, 31]], np.float32)
   np.testing.assert_allclose(cv2.perspectiveTransform(moved[None], m)[0], corners, atol=1e-3)
-  warped = input_pipeline.augment_frames(images, shift, None)
+  warped = augment.augment_frames(images, shift, None)
   assert warped.shape == images.shape and np.abs(warped - images).mean() > 1e-2
   np.testing.assert_array_equal(warped[0], warped[1])  # one draw for all frames of an example
-  np.testing.assert_allclose(input_pipeline.augment_frames(images, np.zeros((4, 2)), None), images,
+  np.testing.assert_allclose(augment.augment_frames(images, np.zeros((4, 2)), None), images,
                              atol=1e-5)
-  np.testing.assert_allclose(input_pipeline.augment_frames(images, None, [1, 1, 1, 0]), images,
+  np.testing.assert_allclose(augment.augment_frames(images, None, [1, 1, 1, 0]), images,
                              atol=1e-6)
-  np.testing.assert_allclose(input_pipeline.augment_frames(images, None, [0.5, 1, 1, 0]),
+  np.testing.assert_allclose(augment.augment_frames(images, None, [0.5, 1, 1, 0]),
                              images * 0.5, atol=1e-6)
-  grey = input_pipeline.augment_frames(images, None, [1, 1, 0, 0])
-  np.testing.assert_allclose(grey, np.repeat(images @ input_pipeline._LUMA[:, None], 3, -1),
+  grey = augment.augment_frames(images, None, [1, 1, 0, 0])
+  np.testing.assert_allclose(grey, np.repeat(images @ augment._LUMA[:, None], 3, -1),
                              atol=1e-6)
   mean = images.mean(axis=(0, 1, 2))
-  turned = input_pipeline.color_matrix(mean, 1, 1, 1, 0.2)
+  turned = augment.color_matrix(mean, 1, 1, 1, 0.2)
   assert not np.allclose(turned[:, :3], np.eye(3))
-  np.testing.assert_allclose(input_pipeline._LUMA @ turned[:, :3], input_pipeline._LUMA,
+  np.testing.assert_allclose(augment._LUMA @ turned[:, :3], augment._LUMA,
                              atol=1e-3)  # a hue turn keeps the luma (YIQ's Y)
 
 
