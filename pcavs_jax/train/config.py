@@ -156,11 +156,11 @@ def _check_identity_classes(config: ml_collections.ConfigDict) -> None:
 def _check_truth(config: ml_collections.ConfigDict) -> None:
   """An auxiliary truth loss needs records that carry its ground truth (SynthTalk's do)."""
   from pcavs_jax.data import records
-  from pcavs_jax.train.steps import FORCING, TRUTH_KEYS
+  from pcavs_jax.train.steps import TRUTH_KEYS
   have = records.read_manifest(config.data_dir)["splits"].get("train", {}).get("truth", {})
   users = {f"loss.{name}": (config.loss.get(name, 0.0), keys) for name, keys in TRUTH_KEYS.items()}
-  for steps_key, truth_loss in FORCING.values():
-    users[f"train.{steps_key}"] = (config.train.get(steps_key, 0), TRUTH_KEYS[truth_loss])
+  users["train.pose_forcing_steps"] = (config.train.get("pose_forcing_steps", 0),
+                                       TRUTH_KEYS["pose_truth"])
   for name, (value, keys) in users.items():
     missing = [k for k in keys if k not in have]
     if value > 0 and missing:

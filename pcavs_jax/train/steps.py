@@ -43,9 +43,6 @@ def flatten_clip(batch: Batch) -> Batch:
 READERS = {"mouth_reader": "mouth", "pose_reader": "pose_code"}
 
 
-# Truth forcing (not in the paper): G's input code -> (its train config steps, its truth loss).
-FORCING = {"pose_code": ("pose_forcing_steps", "pose_truth"),
-           "mouth": ("mouth_forcing_steps", "mouth_truth")}
 TRUTH_KEYS = {"pose_truth": ("yaw", "pitch", "roll"), "mouth_truth": ("mouth_open", "mouth_width"),
               "pose_mouth_decorrelation": ("mouth_open", "mouth_width")}
 
@@ -67,11 +64,11 @@ def _g_rngs(rng: jax.Array, noise_injection: bool = True) -> dict[str, jax.Array
 
 
 def _g_forward(g_params, batch_stats, batch: Batch, rng, *, model, stage: str,
-               noise_injection: bool = True, forcing: dict[str, jax.Array] | None = None):
+               noise_injection: bool = True, pose_forcing: jax.Array | None = None):
   """The generator-side forward of a stage: (outputs the losses read, new batch stats).
 
-  `forcing` (full stage; not in the paper): {'pose_code' | 'mouth': fraction of the way what G
-  reads of that code is moved to the records' truth, scaled as its truth loss scales it}.
+  `pose_forcing` (full stage; not in the paper): the fraction of the way G's pose code is moved
+  to the true yaw, pitch, roll (the records' truth, scaled as `loss.pose_truth` scales it).
   """
   variables = {"params": g_params, "batch_stats": batch_stats}
   kw = dict(rngs=_g_rngs(rng, noise_injection), mutable=["batch_stats"])
@@ -89,9 +86,8 @@ def _g_forward(g_params, batch_stats, batch: Batch, rng, *, model, stage: str,
     (visual, audio), new = model.apply(variables, batch["pose_source"], batch["mel"],
                                        method=sync_forward, **kw)
     return {"visual_mouth": visual, "audio_mouth": audio}, new["batch_stats"]
-  if forcing:
-    kw["forcing"] = {code: (_truth_target(batch, TRUTH_KEYS[FORCING[code][1]]), fraction)
-                     for code, fraction in forcing.items()}
+  if pose_forcing is not None:
+    kw.update(pose_truth=_truth_target(batch, TRUTH_KEYS["pose_truth"]), pose_forcing=pose_forcing)
   out, new = model.apply(variables, batch["reference"], batch["mel"], batch["pose_source"],
                          train=True, **kw)
   keep = {"fake_visual": out["fake_visual"], "fake_audio": out["fake_audio"],
@@ -181,14 +177,14 @@ def _split_scales(d_out, b: int):
 
 def generator_side_forward(g_params, batch_stats, batch: Batch, rng: jax.Array, *, model,
                            stage: str, noise_injection: bool = True,
-                           forcing: dict[str, jax.Array] | None = None):
+                           pose_forcing: jax.Array | None = None):
   """The stage's generator-side forward under `jax.vjp`: (outputs, vjp_fn, new batch stats).
 
   `vjp_fn` pulls the gradient of any loss of the outputs back to `g_params`, so the forward runs
   once however many losses (and D updates) read its outputs.
   """
   forward = functools.partial(_g_forward, batch=batch, rng=rng, model=model, stage=stage,
-                              noise_injection=noise_injection, forcing=forcing)
+                              noise_injection=noise_injection, pose_forcing=pose_forcing)
   return jax.vjp(lambda p: forward(p, batch_stats), g_params, has_aux=True)
 
 
@@ -275,14 +271,11 @@ def generator_side_loss_and_grads(outputs, vjp_fn, batch: Batch, d_params, d_sta
   return loss, terms, grads
 
 
-def truth_forcing_at(step: jax.Array, train_config) -> dict[str, jax.Array]:
-  """{code: how far G's input of it is moved to the truth at `step`}: 1 fading linearly to 0 at
-  `train.pose_forcing_steps` / `train.mouth_forcing_steps` (not in the paper; 0: off)."""
-  fractions = {}
-  for code, (steps_key, _) in FORCING.items():
-    if steps := train_config.get(steps_key, 0):
-      fractions[code] = jnp.clip(1.0 - step / steps, 0.0, 1.0)
-  return fractions
+def pose_forcing_at(step: jax.Array, train_config) -> jax.Array | None:
+  """How far G's pose code is moved to the truth at `step`: 1 fading linearly to 0 at
+  `train.pose_forcing_steps` (not in the paper); None when that is 0."""
+  steps = train_config.get("pose_forcing_steps", 0)
+  return jnp.clip(1.0 - step / steps, 0.0, 1.0) if steps else None
 
 
 def train_step(state: GANTrainState, batch: Batch, *, model, discriminator, config,
@@ -299,7 +292,7 @@ def train_step(state: GANTrainState, batch: Batch, *, model, discriminator, conf
   outputs, g_vjp, g_stats = generator_side_forward(
       state.g_params, state.batch_stats["g"], batch, g_rng, model=model, stage=stage,
       noise_injection=config.train.get("noise_injection", True),
-      forcing=truth_forcing_at(state.step, config.train))
+      pose_forcing=pose_forcing_at(state.step, config.train))
   metrics: dict[str, jax.Array] = {}
   new_state, d_stats = state, state.batch_stats["d"]
 

@@ -432,10 +432,9 @@ def test_a_rerun_reads_every_compiled_program_from_the_persistent_cache(records,
   assert second == first
 
 
-def test_truth_forcing_moves_what_the_generator_reads_to_the_truth():
-  """With truth forcing, G reads the pose code's first 3 numbers and both mouth features' first
-  2 moved that fraction of the way to the truth; the losses still see the encoders' own codes;
-  the fraction fades to 0 over its steps."""
+def test_pose_forcing_moves_the_generators_pose_code_to_the_truth():
+  """With pose forcing, G reads E_n's pose code with its first 3 numbers moved that fraction of
+  the way to the truth; the losses still see E_n's own code; the fraction fades to 0."""
   from pcavs_jax.models.pcavs import build_model
   from pcavs_jax.train import steps as train_steps
   config = get_config("variant=tiny")
@@ -443,44 +442,33 @@ def test_truth_forcing_moves_what_the_generator_reads_to_the_truth():
   r = model.resolution
   rng = np.random.default_rng(4)
   image = lambda: jax.numpy.asarray(rng.uniform(-1, 1, (2, r, r, 3)).astype(np.float32))
-  reference, pose = image(), image()
-  mel = jax.numpy.asarray(rng.uniform(0, 1, (2, 80, 20)).astype(np.float32))
-  truth = {"pose_code": jax.numpy.asarray(rng.uniform(-1, 1, (2, 3)).astype(np.float32)),
-           "mouth": jax.numpy.asarray(rng.uniform(-1, 1, (2, 2)).astype(np.float32))}
+  reference, pose, mel = image(), image(), jax.numpy.zeros((2, 80, 20))
+  truth = jax.numpy.asarray(rng.uniform(-1, 1, (2, 3)).astype(np.float32))
   variables = jax.jit(model.init)({"params": jax.random.key(0)}, reference, mel, pose)
-  forward = jax.jit(lambda f, codes: model.apply(
-      variables, reference, mel, pose, forcing={c: (truth[c], f) for c in codes}),
-      static_argnums=1)
+  forward = jax.jit(lambda f: model.apply(variables, reference, mel, pose, pose_truth=truth,
+                                          pose_forcing=f))
   plain = model.apply(variables, reference, mel, pose)
 
-  def by_hand(module, fraction, codes):
-    move = lambda x, t: x.at[:, :t.shape[1]].set(x[:, :t.shape[1]] + fraction * (t - x[:, :t.shape[1]]))
+  def forced_by_hand(module, fraction):
     identity, visual = module.encode_identity(reference), module.encode_nonidentity(pose)
-    code, mouths = visual["pose_code"], [visual["mouth"], module.audio_encoder(mel)]
-    if "pose_code" in codes:
-      code = move(code, truth["pose_code"])
-    if "mouth" in codes:
-      mouths = [move(m, truth["mouth"]) for m in mouths]
-    return [module.generate(module.merge(identity["id_vector"], module.embed_mouth(m), code),
-                            identity["id_map"]) for m in mouths]
+    code = visual["pose_code"]
+    code = code.at[:, :3].set(code[:, :3] + fraction * (truth - code[:, :3]))
+    return module.generate(module.merge(identity["id_vector"], visual["mouth_embed"], code),
+                           identity["id_map"])
 
-  np.testing.assert_allclose(forward(0.0, ("pose_code", "mouth"))["fake_visual"],
-                             plain["fake_visual"], atol=1e-5)
-  for fraction, codes in ((0.5, ("pose_code",)), (1.0, ("pose_code",)), (0.7, ("mouth",)),
-                          (1.0, ("pose_code", "mouth"))):
-    out = forward(fraction, codes)
-    fake_visual, fake_audio = model.apply(variables, fraction, codes, method=by_hand)
-    np.testing.assert_allclose(out["fake_visual"], fake_visual, atol=1e-5)
-    np.testing.assert_allclose(out["fake_audio"], fake_audio, atol=1e-5)
-    for side, key in (("visual", "pose_code"), ("visual", "mouth"), ("audio", "mouth")):
-      np.testing.assert_allclose(out[side][key], plain[side][key], atol=1e-5)
-    assert np.abs(np.asarray(out["fake_audio"] - plain["fake_audio"])).max() > 1e-3, codes
-  assert train_steps.truth_forcing_at(jax.numpy.asarray(5), config.train) == {}
-  config.train.pose_forcing_steps, config.train.mouth_forcing_steps = 1000, 500
-  fading = [jax.tree.map(float, train_steps.truth_forcing_at(jax.numpy.asarray(s), config.train))
-            for s in (0, 250, 500, 3000)]
-  assert [f["pose_code"] for f in fading] == pytest.approx([1.0, 0.75, 0.5, 0.0])
-  assert [f["mouth"] for f in fading] == pytest.approx([1.0, 0.5, 0.0, 0.0])
+  np.testing.assert_allclose(forward(0.0)["fake_visual"], plain["fake_visual"], atol=1e-5)
+  for fraction in (0.5, 1.0):
+    out = forward(fraction)
+    np.testing.assert_allclose(out["fake_visual"], model.apply(
+        variables, fraction, method=forced_by_hand), atol=1e-5)
+    np.testing.assert_allclose(out["visual"]["pose_code"], plain["visual"]["pose_code"], atol=1e-5)
+  assert np.abs(np.asarray(forward(1.0)["fake_visual"] - plain["fake_visual"])).max() > 1e-3
+  config.train.pose_forcing_steps = 0
+  assert train_steps.pose_forcing_at(jax.numpy.asarray(5), config.train) is None
+  config.train.pose_forcing_steps = 1000
+  fading = [float(train_steps.pose_forcing_at(jax.numpy.asarray(s), config.train))
+            for s in (0, 500, 1000, 3000)]
+  assert fading == pytest.approx([1.0, 0.5, 0.0, 0.0])
 
 
 def test_truth_terms_regress_the_named_code_numbers_only():
