@@ -178,8 +178,7 @@ class PCAVS(nn.Module):
     return out
 
   def __call__(self, reference: Array, mel: Array, pose_source: Array,
-               train: bool = False, pose_truth: Array | None = None,
-               pose_forcing: Array | float = 0.0) -> dict[str, Array]:
+               train: bool = False) -> dict[str, Array]:
     """One training forward: every feature the losses read, and both reconstructions.
 
     As in the official training, the pose-source frame (the augmented target) gives the pose
@@ -191,22 +190,14 @@ class PCAVS(nn.Module):
       mel: (B, 80, 20) mel windows centred on the targets.
       pose_source: (B, H, W, 3) augmented targets.
       train: BatchNorm / dropout in training mode.
-      pose_truth, pose_forcing: (B, k) true pose on the pose code's scale and a fraction in
-        [0, 1]: G's pose code has its first k numbers moved that fraction of the way to the
-        truth (a training curriculum, not in the paper; the returned pose code is E_n's own).
     """
     identity = self.encode_identity(reference, train=train)
     visual = self.encode_nonidentity(pose_source, train=train)
     audio = self.encode_audio(mel, train=train)
     b = mel.shape[0]
-    pose_code = visual["pose_code"]
-    if pose_truth is not None:
-      k = pose_truth.shape[-1]
-      forced = pose_code[:, :k] + pose_forcing * (pose_truth - pose_code[:, :k])
-      pose_code = jnp.concatenate([forced, pose_code[:, k:]], axis=-1)
     style = jnp.concatenate([
-        self.merge(identity["id_vector"], visual["mouth_embed"], pose_code),
-        self.merge(identity["id_vector"], audio["mouth_embed"], pose_code)])
+        self.merge(identity["id_vector"], visual["mouth_embed"], visual["pose_code"]),
+        self.merge(identity["id_vector"], audio["mouth_embed"], visual["pose_code"])])
     fakes = self.generate(style, jnp.concatenate([identity["id_map"]] * 2), train=train)
     return {
         "identity": identity,

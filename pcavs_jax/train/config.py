@@ -158,13 +158,10 @@ def _check_truth(config: ml_collections.ConfigDict) -> None:
   from pcavs_jax.data import records
   from pcavs_jax.train.steps import TRUTH_KEYS
   have = records.read_manifest(config.data_dir)["splits"].get("train", {}).get("truth", {})
-  users = {f"loss.{name}": (config.loss.get(name, 0.0), keys) for name, keys in TRUTH_KEYS.items()}
-  users["train.pose_forcing_steps"] = (config.train.get("pose_forcing_steps", 0),
-                                       TRUTH_KEYS["pose_truth"])
-  for name, (value, keys) in users.items():
+  for name, keys in TRUTH_KEYS.items():
     missing = [k for k in keys if k not in have]
-    if value > 0 and missing:
-      raise ConfigError(f"config.{name}={value} needs per-frame ground truth "
+    if config.loss.get(name, 0.0) > 0 and missing:
+      raise ConfigError(f"config.loss.{name}={config.loss[name]} needs per-frame ground truth "
                         f"{', '.join(missing)}, which config.data_dir={config.data_dir} lacks")
 
 

@@ -77,9 +77,6 @@ def train_config() -> ml_collections.ConfigDict:
   t.noise_injection = True      # G's per-pixel noise (off: deterministic generator in training)
   t.ema_decay = 0.0             # > 0: keep an exponential moving average of the G-side params
                                 # (not in the paper); evaluation and export read it
-  # > 0: G's pose code fades from the true pose (records' truth) to E_n's own over the first
-  # this many steps (not in the paper).
-  t.pose_forcing_steps = 0
   # > 0: before every probe and checkpoint, E_i's BatchNorm statistics are re-estimated as the
   # mean of this many batches of random training frames (pcavs_jax.train.precise_bn), each of
   # precise_bn_batch_size frames (larger than training's batch: nearer the population's).

@@ -64,12 +64,8 @@ def _g_rngs(rng: jax.Array, noise_injection: bool = True) -> dict[str, jax.Array
 
 
 def _g_forward(g_params, batch_stats, batch: Batch, rng, *, model, stage: str,
-               noise_injection: bool = True, pose_forcing: jax.Array | None = None):
-  """The generator-side forward of a stage: (outputs the losses read, new batch stats).
-
-  `pose_forcing` (full stage; not in the paper): the fraction of the way G's pose code is moved
-  to the true yaw, pitch, roll (the records' truth, scaled as `loss.pose_truth` scales it).
-  """
+               noise_injection: bool = True):
+  """The generator-side forward of a stage: (outputs the losses read, new batch stats)."""
   variables = {"params": g_params, "batch_stats": batch_stats}
   kw = dict(rngs=_g_rngs(rng, noise_injection), mutable=["batch_stats"])
   if stage == "identity":
@@ -86,8 +82,6 @@ def _g_forward(g_params, batch_stats, batch: Batch, rng, *, model, stage: str,
     (visual, audio), new = model.apply(variables, batch["pose_source"], batch["mel"],
                                        method=sync_forward, **kw)
     return {"visual_mouth": visual, "audio_mouth": audio}, new["batch_stats"]
-  if pose_forcing is not None:
-    kw.update(pose_truth=_truth_target(batch, TRUTH_KEYS["pose_truth"]), pose_forcing=pose_forcing)
   out, new = model.apply(variables, batch["reference"], batch["mel"], batch["pose_source"],
                          train=True, **kw)
   keep = {"fake_visual": out["fake_visual"], "fake_audio": out["fake_audio"],
@@ -176,15 +170,14 @@ def _split_scales(d_out, b: int):
 
 
 def generator_side_forward(g_params, batch_stats, batch: Batch, rng: jax.Array, *, model,
-                           stage: str, noise_injection: bool = True,
-                           pose_forcing: jax.Array | None = None):
+                           stage: str, noise_injection: bool = True):
   """The stage's generator-side forward under `jax.vjp`: (outputs, vjp_fn, new batch stats).
 
   `vjp_fn` pulls the gradient of any loss of the outputs back to `g_params`, so the forward runs
   once however many losses (and D updates) read its outputs.
   """
   forward = functools.partial(_g_forward, batch=batch, rng=rng, model=model, stage=stage,
-                              noise_injection=noise_injection, pose_forcing=pose_forcing)
+                              noise_injection=noise_injection)
   return jax.vjp(lambda p: forward(p, batch_stats), g_params, has_aux=True)
 
 
@@ -271,13 +264,6 @@ def generator_side_loss_and_grads(outputs, vjp_fn, batch: Batch, d_params, d_sta
   return loss, terms, grads
 
 
-def pose_forcing_at(step: jax.Array, train_config) -> jax.Array | None:
-  """How far G's pose code is moved to the truth at `step`: 1 fading linearly to 0 at
-  `train.pose_forcing_steps` (not in the paper); None when that is 0."""
-  steps = train_config.get("pose_forcing_steps", 0)
-  return jnp.clip(1.0 - step / steps, 0.0, 1.0) if steps else None
-
-
 def train_step(state: GANTrainState, batch: Batch, *, model, discriminator, config,
                stage: str | None = None, vgg_params=None
                ) -> tuple[GANTrainState, dict[str, jax.Array]]:
@@ -291,8 +277,7 @@ def train_step(state: GANTrainState, batch: Batch, *, model, discriminator, conf
   g_rng, _ = jax.random.split(rng)
   outputs, g_vjp, g_stats = generator_side_forward(
       state.g_params, state.batch_stats["g"], batch, g_rng, model=model, stage=stage,
-      noise_injection=config.train.get("noise_injection", True),
-      pose_forcing=pose_forcing_at(state.step, config.train))
+      noise_injection=config.train.get("noise_injection", True))
   metrics: dict[str, jax.Array] = {}
   new_state, d_stats = state, state.batch_stats["d"]
 

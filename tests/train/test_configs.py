@@ -190,8 +190,3 @@ def test_a_truth_loss_without_ground_truth_is_named(tmp_path):
   with pytest.raises(ConfigError, match=r"^config\.loss\.pose_truth=1\.0 needs per-frame ground "
                                         r"truth yaw, pitch, roll, which config\.data_dir="):
     validate_config(config, process_count=1, local_devices=1)
-  config.loss.pose_truth = 0.0
-  config.train.pose_forcing_steps = 100
-  with pytest.raises(ConfigError, match=r"^config\.train\.pose_forcing_steps=100 needs per-frame "
-                                        r"ground truth yaw, pitch, roll, which config\.data_dir="):
-    validate_config(config, process_count=1, local_devices=1)

@@ -432,45 +432,6 @@ def test_a_rerun_reads_every_compiled_program_from_the_persistent_cache(records,
   assert second == first
 
 
-def test_pose_forcing_moves_the_generators_pose_code_to_the_truth():
-  """With pose forcing, G reads E_n's pose code with its first 3 numbers moved that fraction of
-  the way to the truth; the losses still see E_n's own code; the fraction fades to 0."""
-  from pcavs_jax.models.pcavs import build_model
-  from pcavs_jax.train import steps as train_steps
-  config = get_config("variant=tiny")
-  model = build_model(config.model)
-  r = model.resolution
-  rng = np.random.default_rng(4)
-  image = lambda: jax.numpy.asarray(rng.uniform(-1, 1, (2, r, r, 3)).astype(np.float32))
-  reference, pose, mel = image(), image(), jax.numpy.zeros((2, 80, 20))
-  truth = jax.numpy.asarray(rng.uniform(-1, 1, (2, 3)).astype(np.float32))
-  variables = jax.jit(model.init)({"params": jax.random.key(0)}, reference, mel, pose)
-  forward = jax.jit(lambda f: model.apply(variables, reference, mel, pose, pose_truth=truth,
-                                          pose_forcing=f))
-  plain = model.apply(variables, reference, mel, pose)
-
-  def forced_by_hand(module, fraction):
-    identity, visual = module.encode_identity(reference), module.encode_nonidentity(pose)
-    code = visual["pose_code"]
-    code = code.at[:, :3].set(code[:, :3] + fraction * (truth - code[:, :3]))
-    return module.generate(module.merge(identity["id_vector"], visual["mouth_embed"], code),
-                           identity["id_map"])
-
-  np.testing.assert_allclose(forward(0.0)["fake_visual"], plain["fake_visual"], atol=1e-5)
-  for fraction in (0.5, 1.0):
-    out = forward(fraction)
-    np.testing.assert_allclose(out["fake_visual"], model.apply(
-        variables, fraction, method=forced_by_hand), atol=1e-5)
-    np.testing.assert_allclose(out["visual"]["pose_code"], plain["visual"]["pose_code"], atol=1e-5)
-  assert np.abs(np.asarray(forward(1.0)["fake_visual"] - plain["fake_visual"])).max() > 1e-3
-  config.train.pose_forcing_steps = 0
-  assert train_steps.pose_forcing_at(jax.numpy.asarray(5), config.train) is None
-  config.train.pose_forcing_steps = 1000
-  fading = [float(train_steps.pose_forcing_at(jax.numpy.asarray(s), config.train))
-            for s in (0, 500, 1000, 3000)]
-  assert fading == pytest.approx([1.0, 0.5, 0.0, 0.0])
-
-
 def test_truth_terms_regress_the_named_code_numbers_only():
   """pose_truth ties the pose code's first 3 numbers to yaw / pitch / roll over half their
   ranges, mouth_truth both mouth features' first 2 to the mouth; nothing else gets a gradient."""
