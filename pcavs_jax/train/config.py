@@ -34,7 +34,6 @@ def loss_config() -> ml_collections.ConfigDict:
   w.mouth_l1 = 0.0            # pixel L1 inside `mouth_box` of the aligned frame
   w.ssim_image = 0.0          # 1 - SSIM of the whole frame (7 x 7 uniform window)
   w.mouth_reader = 0.0        # L1 of E_n's mouth feature, fake vs target frame (E_n frozen)
-  w.pose_reader = 0.0         # L1 of E_n's pose code, fake vs target frame (E_n frozen)
   w.mouth_box = (0.38, 0.66, 0.26, 0.74)   # (top, bottom, left, right) fractions of the frame
   # Ground-truth supervision where the records carry it (SynthTalk), each truth divided by half
   # its range: the pose code's first 3 numbers regress yaw, pitch, roll; the visual and audio
