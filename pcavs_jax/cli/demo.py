@@ -136,10 +136,12 @@ def run(args: argparse.Namespace) -> int:
   cross_driven.write_report(report, report_path, str(eval_set), str(videos))
 
   print("[4/4] evaluation (SynthTalk exact measures; lower errors and ratios are better)")
+  from pcavs_jax.infer.writers import PANEL_COLUMNS
+  # The cross-driven videos' mouth source is the truth clip (C's audio drove its mouth).
+  panel = " | ".join(PANEL_COLUMNS[:-1] + ("truth",))
   print(summary_table(report))
   print(f"\nfiles:\n  data      {data}\n  run       {workdir} (TensorBoard summaries, checkpoints, "
         f"mechanisms.jsonl)"
-        f"\n  videos    {videos}/<seen|unseen> (reference | pose source | generated | truth, "
-        f"with C's audio)"
+        f"\n  videos    {videos}/<seen|unseen> ({panel}, with C's audio)"
         f"\n  report    {report_path}\n  total     {(time.time() - t0) / 60:.1f} min")
   return 0

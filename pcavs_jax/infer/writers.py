@@ -135,8 +135,12 @@ class JobOutput:
         tmp.unlink(missing_ok=True)
 
 
+# The panel's columns, left to right, like the official avconcat.
+PANEL_COLUMNS = ("reference", "generated", "pose source", "mouth source")
+
+
 def panel_frame(job: PreparedJob, generated: np.ndarray, t: int) -> np.ndarray:
-  """reference | generated | pose source | mouth source, like the official avconcat."""
+  """The frames of `PANEL_COLUMNS` side by side (the pose and mouth columns when the job has them)."""
   cols = [job.references[0], generated]
   if job.pose is not None:
     cols.append(job.pose[job.pose_index[t]])

@@ -251,3 +251,15 @@ infer.generate(d, {str(inputs['photo'])!r}, {str(inputs['wav'])!r}, {str(tmp_pat
   # Per-device batches of 2 instead of 4 may round a value the other way.
   diff = np.abs(_frames_dir(tmp_path / "one").astype(int) - _frames_dir(tmp_path / "two"))
   assert diff.max() <= 2 and diff.mean() < 0.05
+
+
+def test_panel_columns_are_in_the_order_printed():
+  """Each column of a panel frame holds the frame PANEL_COLUMNS names for it."""
+  from types import SimpleNamespace
+  from pcavs_jax.infer.writers import PANEL_COLUMNS, panel_frame
+  tile = lambda v: np.full((1, 4, 4, 3), v, np.uint8)
+  job = SimpleNamespace(references=tile(10), pose=tile(30), pose_index=[0],
+                        mouth=tile(40), mouth_index=[0])
+  frame = panel_frame(job, tile(20)[0], 0)
+  values = dict(zip(PANEL_COLUMNS, frame.reshape(4, 4, 4, 3).transpose(1, 0, 2, 3)[:, 0, 0, 0]))
+  assert values == {"reference": 10, "generated": 20, "pose source": 30, "mouth source": 40}
