@@ -36,7 +36,7 @@ class SynthTalkSettings:
   seen_triples: int | None = None  # seen triples (default: as many as unseen, else <= 24)
   self_driven: bool = False        # also the self-driven set of every training clip
   pose_twins: bool = False         # training clips also drawn on another training identity
-  workers: int = 1                 # rendering processes
+  workers: int = 1                 # processes to render clips and score baselines with
   num_shards: int | None = None    # TFRecord shards per split
   jpeg_quality: int = 95
   baselines: bool = True           # score the baselines of every set
@@ -109,11 +109,11 @@ def _set_builders(s: SynthTalkSettings, split, kept: dict, log) -> dict[str, Cal
   return sets
 
 
-def _write_baselines(eval_set, set_path: Path, name: str, log) -> None:
+def _write_baselines(eval_set, set_path: Path, name: str, log, workers: int) -> None:
   """Scores the baselines of one set beside it, and logs them."""
   from pcavs_jax.data.synthtalk import eval_sets
   from pcavs_jax.evaluate import scoring
-  scores = scoring.baseline_scores(eval_set)
+  scores = scoring.baseline_scores(eval_set, workers=workers)
   # NaN stays NaN (Python's json reads it back): the readers of baselines average over them.
   files.write_atomic(eval_sets.baselines_path(set_path), json.dumps(scores, indent=1))
   log(f"synthtalk: {name} baselines " + " ".join(f"{k:>12s}" for k in BASELINE_KEYS))
@@ -158,6 +158,6 @@ def write_synthtalk(out: str | Path, settings: SynthTalkSettings = SynthTalkSett
     summary["triples"][name] = len(eval_set)
     log(f"synthtalk: {name} set: {len(eval_set)} triples ({time.time() - start:.1f} s)")
     if settings.baselines:
-      _write_baselines(eval_set, path, name, log)
+      _write_baselines(eval_set, path, name, log, settings.workers)
   files.write_json(out / "synthtalk.json", summary)
   return summary

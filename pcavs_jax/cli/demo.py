@@ -90,7 +90,8 @@ def _synthtalk(args: argparse.Namespace, data: pathlib.Path) -> None:
         f"64 px, {args.triples} seen and {args.triples} unseen triples", flush=True)
   write_synthtalk(data, SynthTalkSettings(
       identities=args.identities, clips_per_identity=args.clips_per_identity, resolution=64,
-      frames=args.frames, seed=args.seed, triples=args.triples, seen_triples=args.triples),
+      frames=args.frames, seed=args.seed, triples=args.triples, seen_triples=args.triples,
+      workers=os.cpu_count() or 1),
       log=print)
 
 

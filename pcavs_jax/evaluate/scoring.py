@@ -104,11 +104,12 @@ def _identity_distance(read: Mapping[str, np.ndarray], ref: Mapping[str, np.ndar
   return np.nanmean(np.stack(parts, 1), axis=1)
 
 
-def score_triple(generated: np.ndarray, triple: CrossTriple, max_lag: int = 5,
+def score_triple(generated: np.ndarray | None, triple: CrossTriple, max_lag: int = 5,
                  value_range: tuple[float, float] | None = None) -> dict[str, float]:
   """Scores one generated video (T', H, W, 3) against its triple; compares min(T, T') frames.
 
   Frames the analyzer cannot read count in `analysis_failures`; a measure no frame gives is NaN.
+  None scores the truth frames themselves, with their stored reading (`readout`).
   """
   with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
@@ -117,13 +118,13 @@ def score_triple(generated: np.ndarray, triple: CrossTriple, max_lag: int = 5,
 
 def _score_triple(generated, triple, max_lag, value_range) -> dict[str, float]:
   truth = triple.truth_frames
-  gen = to_uint8(generated, truth.shape[1], value_range)
+  gen = truth if generated is None else to_uint8(generated, truth.shape[1], value_range)
   t = min(len(gen), len(truth))
   if t == 0:
     raise ValueError(f"triple {triple.triple_id}: no generated frames")
   gen, truth = gen[:t], truth[:t]
   ref = {k: v[:t] for k, v in triple.readout.items()}
-  read = analyzer.analyze_frames(gen)
+  read = ref if generated is None else analyzer.analyze_frames(gen)
   out = {"ssim": metrics.ssim(gen, truth), "psnr": metrics.psnr(gen, truth)}
   d_open = np.abs(read["mouth_open"] - ref["mouth_open"])
   d_width = np.abs(read["mouth_width"] - ref["mouth_width"])
@@ -143,8 +144,21 @@ def _score_triple(generated, triple, max_lag, value_range) -> dict[str, float]:
   return out
 
 
+def _score_job(job: tuple) -> dict[str, float]:
+  return score_triple(*job)
+
+
+def _score_jobs(jobs: list[tuple], workers: int) -> list[dict[str, float]]:
+  """`score_triple` of each (generated, triple, max_lag, value_range), in `workers` processes."""
+  if workers <= 1 or len(jobs) <= 1:
+    return [_score_job(job) for job in jobs]
+  import multiprocessing
+  with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+    return pool.map(_score_job, jobs, chunksize=1)
+
+
 def score(generated: Mapping[str, np.ndarray], eval_set: EvalSet, max_lag: int = 5,
-          value_range: tuple[float, float] | None = None) -> dict:
+          value_range: tuple[float, float] | None = None, workers: int = 1) -> dict:
   """Scores generated videos of the cross-driven set.
 
   Args:
@@ -153,6 +167,7 @@ def score(generated: Mapping[str, np.ndarray], eval_set: EvalSet, max_lag: int =
     eval_set: the cross-driven set.
     max_lag: largest audio-to-mouth lag searched, in frames.
     value_range: the float frames' range, when not to be guessed.
+    workers: processes to score the triples in.
 
   Returns:
     The summary metrics (means over triples; `SUMMARY_KEYS`, lag/abs_lag over the triples
@@ -161,8 +176,12 @@ def score(generated: Mapping[str, np.ndarray], eval_set: EvalSet, max_lag: int =
   missing = [t.triple_id for t in eval_set.triples if t.triple_id not in generated]
   if missing:
     raise KeyError(f"no generated frames for triples {missing}")
-  per = {t.triple_id: score_triple(generated[t.triple_id], t, max_lag, value_range)
-         for t in eval_set.triples}
+  per = _score_jobs([(generated[t.triple_id], t, max_lag, value_range)
+                     for t in eval_set.triples], workers)
+  return _summary(dict(zip([t.triple_id for t in eval_set.triples], per)))
+
+
+def _summary(per: dict[str, dict[str, float]]) -> dict:
   summary = summarise(per)
   summary["num_triples"] = len(per)
   summary["per_triple"] = per
@@ -213,15 +232,16 @@ def baseline_frames(eval_set: EvalSet, name: str) -> dict[str, np.ndarray]:
 
 
 def baseline_scores(eval_set: EvalSet, names: Sequence[str] = BASELINES,
-                    include_truth: bool = True, max_lag: int = 5) -> dict[str, dict]:
-  """Scores of the baselines (and of the truth itself, the zero-error reference)."""
-  out = {}
-  if include_truth:
-    out["truth"] = score({t.triple_id: t.truth_frames for t in eval_set.triples}, eval_set,
-                         max_lag)
-  for name in names:
-    out[name] = score(baseline_frames(eval_set, name), eval_set, max_lag)
-  return out
+                    include_truth: bool = True, max_lag: int = 5, workers: int = 1
+                    ) -> dict[str, dict]:
+  """Scores of the baselines (and of the truth itself, the zero-error reference, read from
+  the set's `readout`), their triples scored in `workers` processes."""
+  rows = (["truth"] if include_truth else []) + list(names)
+  frames = {name: baseline_frames(eval_set, name) for name in names}
+  jobs = [(frames[name][t.triple_id] if name in frames else None, t, max_lag, None)
+          for name in rows for t in eval_set.triples]
+  per = iter(_score_jobs(jobs, workers))
+  return {name: _summary({t.triple_id: next(per) for t in eval_set.triples}) for name in rows}
 
 
 # ------------------------------------------------------------------- stored baselines, ratios

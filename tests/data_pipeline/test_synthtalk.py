@@ -222,6 +222,29 @@ def test_truth_scores_perfectly(eval_set):
   assert scoring.score(as11, eval_set)["psnr"] == 100.0
 
 
+def test_a_repeated_frame_is_read_once_and_reads_the_same(eval_set, monkeypatch):
+  a, b = eval_set.triples[0].truth_frames[:2]
+  calls = []
+  read_one = analyzer.analyze_frame
+  monkeypatch.setattr(analyzer, "analyze_frame", lambda f: calls.append(1) or read_one(f))
+  read = analyzer.analyze_frames(np.stack([a, b, a]))
+  assert len(calls) == 2
+  for k, v in read.items():
+    np.testing.assert_array_equal(v[2], v[0], err_msg=k)
+    np.testing.assert_array_equal(v[:2], analyzer.analyze_frames(np.stack([a, b]))[k], err_msg=k)
+
+
+def test_baselines_score_the_same_in_two_processes_and_the_truth_row_is_its_reading(eval_set):
+  names = ("copy_reference", "reference_pose")
+  one = scoring.baseline_scores(eval_set, names=names)
+  two = scoring.baseline_scores(eval_set, names=names, workers=2)
+  assert json.dumps(two, sort_keys=True) == json.dumps(one, sort_keys=True)
+  assert list(one) == ["truth", *names]
+  # The truth row, read from the set's stored readout, is what reading the truth frames gives.
+  read = scoring.score({t.triple_id: t.truth_frames for t in eval_set.triples}, eval_set)
+  assert json.dumps(one["truth"], sort_keys=True) == json.dumps(read, sort_keys=True)
+
+
 def test_baselines_score_clearly_worse(eval_set):
   b = scoring.baseline_scores(eval_set)
   truth = b["truth"]

@@ -388,14 +388,21 @@ def analyze_frame(frame: np.ndarray) -> dict[str, float | np.ndarray]:
 
 
 def analyze_frames(frames: np.ndarray) -> dict[str, np.ndarray]:
-  """`analyze_frame` over (T, H, W, 3) frames: name -> (T,) or (T, 3); NaN where unreadable."""
+  """`analyze_frame` over (T, H, W, 3) frames: name -> (T,) or (T, 3); NaN where unreadable.
+
+  A frame equal to an earlier one (a still video) is read once.
+  """
   out: dict[str, list] = {}
-  for frame in frames:
-    try:
-      r = analyze_frame(frame)
-    except AnalysisError:
-      r = {k: np.nan for k in KEYS + ("head_width",)}
-      r.update({k: np.full(3, np.nan, np.float32) for k in COLOUR_KEYS})
-    for k, v in r.items():
+  read: dict[bytes, dict] = {}
+  for frame in np.asarray(frames):
+    key = frame.tobytes()
+    if key not in read:
+      try:
+        read[key] = analyze_frame(frame)
+      except AnalysisError:
+        r = {k: np.nan for k in KEYS + ("head_width",)}
+        r.update({k: np.full(3, np.nan, np.float32) for k in COLOUR_KEYS})
+        read[key] = r
+    for k, v in read[key].items():
       out.setdefault(k, []).append(v)
   return {k: np.asarray(v, np.float32) for k, v in out.items()}
