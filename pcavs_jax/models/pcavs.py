@@ -178,7 +178,7 @@ class PCAVS(nn.Module):
     return out
 
   def __call__(self, reference: Array, mel: Array, pose_source: Array,
-               train: bool = False) -> dict[str, Array]:
+               train: bool = False, visual_fake: bool = True) -> dict[str, Array]:
     """One training forward: every feature the losses read, and both reconstructions.
 
     As in the official training, the pose-source frame (the augmented target) gives the pose
@@ -190,21 +190,23 @@ class PCAVS(nn.Module):
       mel: (B, 80, 20) mel windows centred on the targets.
       pose_source: (B, H, W, 3) augmented targets.
       train: BatchNorm / dropout in training mode.
+      visual_fake: also draw `fake_visual` (not drawing it is not in the paper).
     """
     identity = self.encode_identity(reference, train=train)
     visual = self.encode_nonidentity(pose_source, train=train)
     audio = self.encode_audio(mel, train=train)
     b = mel.shape[0]
-    style = jnp.concatenate([
-        self.merge(identity["id_vector"], visual["mouth_embed"], visual["pose_code"]),
-        self.merge(identity["id_vector"], audio["mouth_embed"], visual["pose_code"])])
-    fakes = self.generate(style, jnp.concatenate([identity["id_map"]] * 2), train=train)
+    mouths = ([visual["mouth_embed"]] if visual_fake else []) + [audio["mouth_embed"]]
+    style = jnp.concatenate([self.merge(identity["id_vector"], mouth, visual["pose_code"])
+                             for mouth in mouths])
+    fakes = self.generate(style, jnp.concatenate([identity["id_map"]] * len(mouths)), train=train)
+    drawn = {"fake_visual": fakes[:b]} if visual_fake else {}
     return {
         "identity": identity,
         "visual": visual,
         "audio": audio,
-        "fake_visual": fakes[:b],
-        "fake_audio": fakes[b:],
+        **drawn,
+        "fake_audio": fakes[-b:],
         "audio_class_scores": self.audio_encoder.classify(audio["mouth"]),
         "visual_class_scores": self.nonidentity_encoder.classify(visual["feature"]),
         "mouth_class_scores": self.nonidentity_encoder.classify_mouth(visual["mouth"]),

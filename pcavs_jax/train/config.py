@@ -41,6 +41,9 @@ def loss_config() -> ml_collections.ConfigDict:
   w.pose_truth = 0.0
   w.mouth_truth = 0.0
   w.pose_mouth_decorrelation = 0.0   # squared correlation of the pose code with the true mouth
+  # False: G draws only the audio-driven fake, not also the one from E_n's visual mouth (not in
+  # the paper): about a third less work per full-stage step.
+  w.visual_fake = True
   return w
 
 

@@ -59,8 +59,16 @@ def _g_rngs(rng: jax.Array, noise_injection: bool = True) -> dict[str, jax.Array
   return {"dropout": dropout, "noise": noise} if noise_injection else {"dropout": dropout}
 
 
+_FAKE_KEYS = ("fake_visual", "fake_audio")
+
+
+def _fakes(outputs) -> list[str]:
+  """The fakes the forward drew ('visual', 'audio'), in the order they are concatenated."""
+  return [k[len("fake_"):] for k in _FAKE_KEYS if k in outputs]
+
+
 def _g_forward(g_params, batch_stats, batch: Batch, rng, *, model, stage: str,
-               noise_injection: bool = True):
+               noise_injection: bool = True, visual_fake: bool = True):
   """The generator-side forward of a stage: (outputs the losses read, new batch stats)."""
   variables = {"params": g_params, "batch_stats": batch_stats}
   kw = dict(rngs=_g_rngs(rng, noise_injection), mutable=["batch_stats"])
@@ -79,10 +87,10 @@ def _g_forward(g_params, batch_stats, batch: Batch, rng, *, model, stage: str,
                                        method=sync_forward, **kw)
     return {"visual_mouth": visual, "audio_mouth": audio}, new["batch_stats"]
   out, new = model.apply(variables, batch["reference"], batch["mel"], batch["pose_source"],
-                         train=True, **kw)
-  keep = {"fake_visual": out["fake_visual"], "fake_audio": out["fake_audio"],
-          "visual_mouth": out["visual"]["mouth"], "audio_mouth": out["audio"]["mouth"],
-          "pose_code": out["visual"]["pose_code"], "class_scores": out["identity"]["class_scores"]}
+                         train=True, visual_fake=visual_fake, **kw)
+  keep = {k: out[k] for k in _FAKE_KEYS if k in out}
+  keep.update(visual_mouth=out["visual"]["mouth"], audio_mouth=out["audio"]["mouth"],
+              pose_code=out["visual"]["pose_code"], class_scores=out["identity"]["class_scores"])
   return keep, new["batch_stats"]
 
 
@@ -120,29 +128,29 @@ def _g_losses(outputs, d_out, batch: Batch, loss_config, vgg_params,
     target = _truth_target(batch, TRUTH_KEYS["mouth_truth"])
     terms["mouth_truth"] = w.mouth_truth * sum(
         losses.truth_regression_loss(outputs[f"{side}_mouth"], target) for side in ("visual", "audio"))
+  names = _fakes(outputs)
   if d_out is not None:
-    fake_v, fake_a, real = _split_scales(d_out, batch["target"].shape[0])
-    for name, fake_d in (("visual", fake_v), ("audio", fake_a)):
+    *fake_ds, real = _split_scales(d_out, batch["target"].shape[0], len(names) + 1)
+    for name, fake_d in zip(names, fake_ds):
       terms[f"gan_{name}"] = w.gan * losses.hinge_g_loss(fake_d)
       if w.feature_matching > 0:
         terms[f"feature_matching_{name}"] = losses.feature_matching_loss(
             fake_d, real, lambda_feat=w.feature_matching, lambda_image=w.image)
-  if "fake_visual" in outputs:
-    for name in ("visual", "audio"):
-      fake = outputs[f"fake_{name}"]
-      if w.l1_image > 0:
-        terms[f"l1_image_{name}"] = w.l1_image * losses.l1_loss(fake, batch["target"])
-      if w.mouth_l1 > 0:
-        terms[f"mouth_l1_{name}"] = w.mouth_l1 * losses.box_l1_loss(fake, batch["target"],
-                                                                   w.mouth_box)
-      if w.get("ssim_image", 0.0) > 0:
-        terms[f"ssim_image_{name}"] = w.ssim_image * losses.ssim_loss(fake, batch["target"])
-      if mouth_read is not None:
-        terms[f"mouth_reader_{name}"] = w.mouth_reader * losses.l1_loss(
-            mouth_read[name], lax.stop_gradient(mouth_read["target"]))
-      if vgg_params is not None and w.vgg > 0:
-        from pcavs_jax.models.vgg import perceptual_loss
-        terms[f"vgg_{name}"] = w.vgg * perceptual_loss(vgg_params, fake, batch["target"])
+  for name in names:
+    fake = outputs[f"fake_{name}"]
+    if w.l1_image > 0:
+      terms[f"l1_image_{name}"] = w.l1_image * losses.l1_loss(fake, batch["target"])
+    if w.mouth_l1 > 0:
+      terms[f"mouth_l1_{name}"] = w.mouth_l1 * losses.box_l1_loss(fake, batch["target"],
+                                                                 w.mouth_box)
+    if w.get("ssim_image", 0.0) > 0:
+      terms[f"ssim_image_{name}"] = w.ssim_image * losses.ssim_loss(fake, batch["target"])
+    if mouth_read is not None:
+      terms[f"mouth_reader_{name}"] = w.mouth_reader * losses.l1_loss(
+          mouth_read[name], lax.stop_gradient(mouth_read["target"]))
+    if vgg_params is not None and w.vgg > 0:
+      from pcavs_jax.models.vgg import perceptual_loss
+      terms[f"vgg_{name}"] = w.vgg * perceptual_loss(vgg_params, fake, batch["target"])
   total = sum(terms.values())
   return total, terms
 
@@ -153,26 +161,22 @@ def uses_discriminator(loss_config) -> bool:
   return loss_config.gan > 0 or loss_config.feature_matching > 0
 
 
-def _split_scales(d_out, b: int):
-  """D outputs on concat[fake_visual, fake_audio, real] -> three per-scale output lists."""
-  parts = ([], [], [])
-  for scale in d_out:
-    for i in range(3):
-      parts[i].append([x[i * b:(i + 1) * b] for x in scale])
-  fake_v, fake_a, real = parts
-  real = jax.tree.map(lax.stop_gradient, real)
-  return fake_v, fake_a, real
+def _split_scales(d_out, b: int, parts: int):
+  """D outputs on concat[fakes..., real] (b images each) -> `parts` per-scale output lists."""
+  split = [[[x[i * b:(i + 1) * b] for x in scale] for scale in d_out] for i in range(parts)]
+  split[-1] = jax.tree.map(lax.stop_gradient, split[-1])
+  return split
 
 
 def generator_side_forward(g_params, batch_stats, batch: Batch, rng: jax.Array, *, model,
-                           stage: str, noise_injection: bool = True):
+                           stage: str, noise_injection: bool = True, visual_fake: bool = True):
   """The stage's generator-side forward under `jax.vjp`: (outputs, vjp_fn, new batch stats).
 
   `vjp_fn` pulls the gradient of any loss of the outputs back to `g_params`, so the forward runs
   once however many losses (and D updates) read its outputs.
   """
   forward = functools.partial(_g_forward, batch=batch, rng=rng, model=model, stage=stage,
-                              noise_injection=noise_injection)
+                              noise_injection=noise_injection, visual_fake=visual_fake)
   return jax.vjp(lambda p: forward(p, batch_stats), g_params, has_aux=True)
 
 
@@ -182,7 +186,7 @@ def discriminator_loss_and_grads(d_params, d_stats, outputs, batch: Batch, *, di
 
   Args:
     d_params, d_stats: D's parameters and spectral-norm vectors.
-    outputs: `generator_side_forward` outputs holding `fake_visual` and `fake_audio`.
+    outputs: `generator_side_forward` outputs holding `fake_audio` (and `fake_visual`).
     batch: the flattened batch (its `target` frames are the reals).
     gan_weight: lambda_D.
     power_iteration: advance the spectral-norm vectors by one power iteration (training);
@@ -192,7 +196,7 @@ def discriminator_loss_and_grads(d_params, d_stats, outputs, batch: Batch, *, di
     (loss, {'d_fake', 'd_real'}, gradients, new d_stats).
   """
   real = batch["target"]
-  fakes = lax.stop_gradient(jnp.concatenate([outputs["fake_visual"], outputs["fake_audio"]]))
+  fakes = lax.stop_gradient(jnp.concatenate([outputs[f"fake_{n}"] for n in _fakes(outputs)]))
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": d_stats}
@@ -223,10 +227,11 @@ def _read_mouths(model, g_params, g_stats, outs, target) -> dict[str, jax.Array]
   G is told to draw the mouth E_n reads from the target, and E_n cannot learn to be fooled.
   """
   b = target.shape[0]
-  images = jnp.concatenate([outs["fake_visual"], outs["fake_audio"], target])
+  names = _fakes(outs) + ["target"]
+  images = jnp.concatenate([outs[f"fake_{n}"] for n in names[:-1]] + [target])
   read = model.apply({"params": g_params, "batch_stats": g_stats}, images, train=False,
                      method=model.encode_nonidentity)["mouth"]
-  return {"visual": read[:b], "audio": read[b:2 * b], "target": read[2 * b:]}
+  return {n: read[i * b:(i + 1) * b] for i, n in enumerate(names)}
 
 
 def generator_side_loss_and_grads(outputs, vjp_fn, batch: Batch, d_params, d_stats, *,
@@ -242,12 +247,12 @@ def generator_side_loss_and_grads(outputs, vjp_fn, batch: Batch, d_params, d_sta
   """
   def loss_fn(outs):
     d_out = None
-    if "fake_visual" in outs and uses_discriminator(loss_config):
-      images = jnp.concatenate([outs["fake_visual"], outs["fake_audio"], batch["target"]])
+    if _fakes(outs) and uses_discriminator(loss_config):
+      images = jnp.concatenate([outs[f"fake_{n}"] for n in _fakes(outs)] + [batch["target"]])
       # D's spectral-norm vectors are not advanced by the generator side.
       d_out = discriminator.apply({"params": d_params, "batch_stats": d_stats}, images, train=False)
     mouth_read = None
-    if "fake_visual" in outs and uses_mouth_reader(loss_config):
+    if _fakes(outs) and uses_mouth_reader(loss_config):
       mouth_read = _read_mouths(model, g_params, g_stats, outs, batch["target"])
     return _g_losses(outs, d_out, batch, loss_config, vgg_params, mouth_read)
 
@@ -269,11 +274,12 @@ def train_step(state: GANTrainState, batch: Batch, *, model, discriminator, conf
   g_rng, _ = jax.random.split(rng)
   outputs, g_vjp, g_stats = generator_side_forward(
       state.g_params, state.batch_stats["g"], batch, g_rng, model=model, stage=stage,
-      noise_injection=config.train.get("noise_injection", True))
+      noise_injection=config.train.get("noise_injection", True),
+      visual_fake=config.loss.get("visual_fake", True))
   metrics: dict[str, jax.Array] = {}
   new_state, d_stats = state, state.batch_stats["d"]
 
-  if "fake_visual" in outputs and uses_discriminator(config.loss):
+  if _fakes(outputs) and uses_discriminator(config.loss):
     d_loss, d_terms, d_grads, d_stats = discriminator_loss_and_grads(
         state.d_params, d_stats, outputs, batch, discriminator=discriminator,
         gan_weight=config.loss.gan)

@@ -346,6 +346,32 @@ def test_ssim_term_joins_the_generator_losses_only_when_weighted():
   assert float(terms["ssim_image_audio"]) == pytest.approx(0.0, abs=1e-5)
 
 
+def test_without_the_visual_fake_every_image_term_reads_the_audio_fake_alone(records, tmp_path):
+  """loss.visual_fake=False: G draws only the audio-driven fake, the same one it draws beside
+  the visual-driven fake, and every image term (D, GAN, L1, mouth reader) reads it alone."""
+  config = tiny_config(records, 1, **{"loss.visual_fake": False, "loss.l1_image": 1.0,
+                                      "loss.mouth_reader": 1.0})
+  model, _ = _networks(records)
+  r = model.resolution
+  rng = np.random.default_rng(3)
+  frames = [jax.numpy.asarray(rng.uniform(-1, 1, (2, r, r, 3)).astype(np.float32))
+            for _ in range(2)]
+  mel = jax.numpy.asarray(rng.uniform(0, 1, (2, 80, 20)).astype(np.float32))
+  variables = jax.jit(model.clone(bn_axis_name=None).init)(
+      {"params": jax.random.key(0)}, frames[0], mel, frames[1])
+  run = lambda visual_fake: model.clone(bn_axis_name=None).apply(
+      variables, frames[0], mel, frames[1], visual_fake=visual_fake)
+  both, audio_only = run(True), run(False)
+  assert "fake_visual" not in audio_only
+  np.testing.assert_allclose(audio_only["fake_audio"], both["fake_audio"], atol=1e-5)
+
+  train.train_and_evaluate(config, str(tmp_path))
+  (row,) = history(tmp_path)
+  for term in ("gan", "feature_matching", "l1_image", "mouth_reader"):
+    assert np.isfinite(row[f"{term}_audio"]) and f"{term}_visual" not in row, term
+  assert np.isfinite(row["d_loss"]) and row["sync_contrastive_va"] > 0
+
+
 def test_mouth_reader_term_compares_what_the_nonidentity_encoder_reads_in_fake_and_target():
   from pcavs_jax.models.pcavs import build_model
   from pcavs_jax.train import losses as loss_fns
