@@ -27,16 +27,18 @@ def register(subparsers) -> argparse.ArgumentParser:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--out", default="demo_out", help="output folder (data, run, videos, report)")
   p.add_argument("--train-minutes", type=float,
-                 default=float(os.environ.get("DEMO_TRAIN_MINUTES", 7)))
+                 default=float(os.environ.get("DEMO_TRAIN_MINUTES", 8)))
   p.add_argument("--identities", type=int, default=48)
   p.add_argument("--clips-per-identity", type=int, default=4)
   p.add_argument("--frames", type=int, default=50)
   p.add_argument("--triples", type=int, default=8, help="triples of the seen and unseen sets each")
   p.add_argument("--config", default="configs/synthtalk.py",
                  help="training config (relative to the repository root)")
-  p.add_argument("--config-args", default="identity_steps=300,sync_steps=300,aux_losses=1",
+  p.add_argument("--config-args",
+                 default="identity_steps=300,sync_steps=300,aux_losses=1,visual_fake=0",
                  help="the config's arguments besides minutes (short identity and sync stages, "
-                      "so the full stage gets most of the budget; the auxiliary losses)")
+                      "so the full stage gets most of the budget; the auxiliary losses; only "
+                      "the audio-driven fake drawn, for more steps per minute)")
   p.add_argument("--probe-every", type=int, default=0,
                  help="steps between mechanism probes during training, printed above the bar "
                       "(0: measured once, after training; each probe costs 5-45 s of the budget)")
