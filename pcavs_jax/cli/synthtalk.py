@@ -42,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
   p.add_argument("--pose-twins", action="store_true",
                  help="draw each training clip's pose and mouth on another training identity too "
                       "(a pose source without the clip's identity: config data.pose_twins)")
-  p.add_argument("--workers", type=int, default=d.workers, help="processes to render clips and score baselines with")
+  p.add_argument("--workers", type=int, default=d.workers,
+                 help="processes to render clips and score baselines with")
   p.add_argument("--num-shards", type=int, default=d.num_shards,
                  help="TFRecord shards per split")
   p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality)

@@ -158,7 +158,7 @@ def _score_jobs(jobs: list[tuple], workers: int) -> list[dict[str, float]]:
 
 
 def score(generated: Mapping[str, np.ndarray], eval_set: EvalSet, max_lag: int = 5,
-          value_range: tuple[float, float] | None = None, workers: int = 1) -> dict:
+          value_range: tuple[float, float] | None = None) -> dict:
   """Scores generated videos of the cross-driven set.
 
   Args:
@@ -167,7 +167,6 @@ def score(generated: Mapping[str, np.ndarray], eval_set: EvalSet, max_lag: int =
     eval_set: the cross-driven set.
     max_lag: largest audio-to-mouth lag searched, in frames.
     value_range: the float frames' range, when not to be guessed.
-    workers: processes to score the triples in.
 
   Returns:
     The summary metrics (means over triples; `SUMMARY_KEYS`, lag/abs_lag over the triples
@@ -176,9 +175,8 @@ def score(generated: Mapping[str, np.ndarray], eval_set: EvalSet, max_lag: int =
   missing = [t.triple_id for t in eval_set.triples if t.triple_id not in generated]
   if missing:
     raise KeyError(f"no generated frames for triples {missing}")
-  per = _score_jobs([(generated[t.triple_id], t, max_lag, value_range)
-                     for t in eval_set.triples], workers)
-  return _summary(dict(zip([t.triple_id for t in eval_set.triples], per)))
+  return _summary({t.triple_id: score_triple(generated[t.triple_id], t, max_lag, value_range)
+                   for t in eval_set.triples})
 
 
 def _summary(per: dict[str, dict[str, float]]) -> dict:
